@@ -1,0 +1,244 @@
+"""The edit artifact: what an edit leaves on disk, written whole or not at all, and read back.
+
+A folder holding
+- ``pytorch_lora_weights.safetensors``: the LoRA in diffusers format (``load_lora_weights``);
+- ``imagic_lora_kohya.safetensors``: the same LoRA for AUTOMATIC1111 / ComfyUI;
+- ``imagic_embeds.safetensors``: ``target_prompt_embeds`` and ``optimized_prompt_embeds``
+  (SDXL adds ``target_pooled_prompt_embeds`` and ``optimized_pooled_prompt_embeds``);
+- ``imagic_config.json``: base model, prompt, hyper-parameters, recommended η, timings;
+- ``README.md``: a model card with a usage snippet for a stock diffusers pipeline.
+A full fine-tune (the paper's step B) stores ``unet/`` instead of the two LoRA files.
+Only safetensors and JSON: nothing is unpickled, and metadata strings are treated as data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .conditioning import PromptEmbeds, interpolate, is_sdxl
+from .lora import kohya_state_dict, lora_adapter_metadata, lora_state_dict
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+KOHYA_WEIGHT_NAME = "imagic_lora_kohya.safetensors"
+EMBEDS_NAME = "imagic_embeds.safetensors"
+CONFIG_NAME = "imagic_config.json"
+FULL_UNET_DIR = "unet"
+ARTIFACT_FORMAT = "imagic-lora/1"
+
+
+@contextlib.contextmanager
+def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False):
+    """Yield a fresh temporary folder beside ``output_dir``; on success it replaces ``output_dir``.
+
+    On an exception the temporary folder is removed and ``output_dir`` is untouched, so a crash
+    never leaves a partial artifact that looks complete. An existing ``output_dir`` is only
+    replaced when ``overwrite`` is set, and only after the new one is complete.
+    """
+    target = Path(output_dir).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        if not overwrite and (not target.is_dir() or any(target.iterdir())):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{target} appeared while the edit ran; not overwritten")
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_lora_files(folder: Path, pipe, *, lora_alpha: float, kohya_metadata: dict[str, str] | None) -> None:
+    """The UNet's adapter in diffusers format (+ kohya format when ``kohya_metadata`` is given)."""
+    type(pipe).save_lora_weights(folder, unet_lora_layers=lora_state_dict(pipe.unet),
+                                 unet_lora_adapter_metadata=lora_adapter_metadata(pipe.unet),
+                                 weight_name=LORA_WEIGHT_NAME, safe_serialization=True)
+    if kohya_metadata is not None:
+        save_file(kohya_state_dict(pipe.unet, lora_alpha), folder / KOHYA_WEIGHT_NAME, metadata=kohya_metadata)
+
+
+def save_full_unet(folder: Path, unet, dtype: torch.dtype) -> None:
+    """The whole fine-tuned UNet (the paper's step B), as safetensors."""
+    unet.to(dtype=dtype).save_pretrained(folder / FULL_UNET_DIR, safe_serialization=True)
+
+
+def save_embeds(folder: Path, e_tgt: PromptEmbeds, e_opt: PromptEmbeds, metadata: dict[str, str]) -> None:
+    tensors = {**e_tgt.state_dict("target"), **e_opt.state_dict("optimized")}
+    save_file(tensors, folder / EMBEDS_NAME, metadata=metadata)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@dataclass
+class ImagicEdit:
+    """A loaded edit: the two embeddings and the config the edit was made with."""
+
+    e_tgt: PromptEmbeds
+    e_opt: PromptEmbeds
+    config: dict = field(default_factory=dict)
+
+    @property
+    def recommended_eta(self) -> float:
+        return float(self.config.get("recommended_eta", 0.7))
+
+    def embeds(self, eta: float) -> PromptEmbeds:
+        """ē = η·e_tgt + (1−η)·e_opt."""
+        return interpolate(self.e_tgt, self.e_opt, eta)
+
+
+def read_edit(folder: str | os.PathLike) -> ImagicEdit:
+    """The embeddings and config of an artifact folder (no model needed)."""
+    folder = Path(folder)
+    config_path, embeds_path = folder / CONFIG_NAME, folder / EMBEDS_NAME
+    for path in (config_path, embeds_path):
+        if not path.is_file():
+            raise ValueError(f"{folder} is not an imagic-lora artifact: {path.name} is missing")
+    config = json.loads(config_path.read_text())
+    tensors = load_file(embeds_path)
+    try:
+        return ImagicEdit(PromptEmbeds.from_state_dict(tensors, "target"),
+                          PromptEmbeds.from_state_dict(tensors, "optimized"), config)
+    except KeyError as e:
+        raise ValueError(f"{embeds_path} lacks the tensor {e}") from None
+
+
+def load_edit(pipe, folder: str | os.PathLike, adapter_name: str = "imagic", kohya: bool = False) -> ImagicEdit:
+    """Load an artifact into a stock pipeline (its LoRA, or its full UNet); return the embeddings.
+
+    Refuses an artifact made for another model family or embedding width. ``kohya=True`` loads
+    the kohya copy instead of the diffusers file (they give the same images).
+    """
+    folder = Path(folder)
+    edit = read_edit(folder)
+    family = "sdxl" if is_sdxl(pipe) else "sd"
+    if edit.config.get("family", family) != family:
+        raise ValueError(f"{folder} was made for a {edit.config['family']} model; this pipeline is {family}")
+    width = pipe.unet.config.cross_attention_dim
+    if edit.e_tgt.prompt_embeds.shape[-1] != width:
+        raise ValueError(f"{folder} holds {edit.e_tgt.prompt_embeds.shape[-1]}-wide embeddings; "
+                         f"this pipeline's UNet attends to {width}-wide ones (another base model)")
+    if (edit.e_tgt.pooled_prompt_embeds is None) != (family == "sd"):
+        raise ValueError(f"{folder}: pooled embeddings do not match a {family} pipeline")
+    if (folder / FULL_UNET_DIR).is_dir():
+        from diffusers import UNet2DConditionModel
+        unet = UNet2DConditionModel.from_pretrained(folder / FULL_UNET_DIR, dtype=pipe.unet.dtype)
+        pipe.register_modules(unet=unet.to(pipe.device))
+    else:
+        weight_name = KOHYA_WEIGHT_NAME if kohya else LORA_WEIGHT_NAME
+        if not (folder / weight_name).is_file():
+            raise ValueError(f"{folder} has no {weight_name}")
+        pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=adapter_name)
+    return edit
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+MODEL_CARD = """---
+base_model: {base_model}
+library_name: diffusers
+tags:
+- imagic
+- lora
+- text-guided-image-editing
+- {family_tag}
+---
+
+# Imagic-LoRA edit: "{target_prompt}"
+
+An [Imagic](https://arxiv.org/abs/2210.09276) edit of one image, made with
+[imagic-lora](https://github.com/imagic-lora/imagic-lora): a {kind} fine-tuned on the input
+image, plus the two text embeddings Imagic interpolates between.
+
+| file | what |
+|---|---|
+{files}
+
+Interpolate `e = eta * target + (1 - eta) * optimized`: eta = 0 gives the input image back,
+the edit appears as eta grows (recommended: **{recommended_eta}**), eta > 1 extrapolates.
+
+## Use it with a stock diffusers pipeline
+
+```python
+import torch
+from diffusers import {pipeline_class}, {scheduler_class}
+from safetensors.torch import load_file
+
+pipe = {pipeline_class}.from_pretrained("{base_model}"{load_kwargs})
+pipe.scheduler = {scheduler_class}.from_config(pipe.scheduler.config)
+{load_weights}
+embeds = load_file("{artifact}/imagic_embeds.safetensors")
+eta = {recommended_eta}
+mix = lambda name: eta * embeds["target_" + name] + (1 - eta) * embeds["optimized_" + name]
+image = pipe({call_embeds}, guidance_scale={guidance_scale},
+             num_inference_steps={num_inference_steps},
+             generator=torch.Generator("cpu").manual_seed({seed})).images[0]
+image.save("edit.png")
+```
+
+This reproduces `images/eta_{recommended_eta_2f}_seed_{seed}.png` when the same eta and seed are in its sweep.
+Or with the library: `imagic_lora.load_edit(pipe, "{artifact}")`.
+
+## How it was made
+
+- base model: `{base_model}` (revision `{revision}`)
+- step A (embedding): {emb_train_steps} steps, lr {emb_learning_rate}
+- step B ({kind}): {max_train_steps} steps, lr {learning_rate}{lora_line}
+- wall time: A {time_a:.1f} s, B {time_b:.1f} s, C {time_c:.1f} s on {device}
+"""
+
+
+def write_model_card(folder: Path, config: dict) -> None:
+    full = config["full_finetune"]
+    sdxl = config["family"] == "sdxl"
+    files = [("imagic_embeds.safetensors", "target and optimized text embeddings"),
+             ("imagic_config.json", "every setting, the recommended eta, timings and versions")]
+    if full:
+        files.insert(0, ("unet/", "the fully fine-tuned UNet (the paper's step B)"))
+        load_weights = ('from diffusers import UNet2DConditionModel\n'
+                        f'pipe.unet = UNet2DConditionModel.from_pretrained("{config["artifact_name"]}/unet")')
+    else:
+        files.insert(0, ("pytorch_lora_weights.safetensors", "the LoRA, diffusers format"))
+        if config.get("output_kohya_format"):
+            files.insert(1, (KOHYA_WEIGHT_NAME, "the same LoRA, kohya format (AUTOMATIC1111, ComfyUI)"))
+        load_weights = f'pipe.load_lora_weights("{config["artifact_name"]}")'
+    call = 'prompt_embeds=mix("prompt_embeds")'
+    if sdxl:
+        call += ', pooled_prompt_embeds=mix("pooled_prompt_embeds")'
+    timings = config.get("wall_time_s", {})
+    text = MODEL_CARD.format(
+        base_model=config["pretrained_model_name_or_path"], family_tag="sdxl" if sdxl else "stable-diffusion",
+        target_prompt=config["target_prompt"], kind="full UNet" if full else "LoRA adapter",
+        files="\n".join(f"| `{name}` | {what} |" for name, what in files),
+        recommended_eta=config["recommended_eta"], recommended_eta_2f=f"{config['recommended_eta']:.2f}",
+        pipeline_class=config["pipeline_class"], scheduler_class=config["scheduler_class"],
+        load_kwargs="" if sdxl else ", safety_checker=None", load_weights=load_weights,
+        artifact=config["artifact_name"], call_embeds=call, guidance_scale=config["guidance_scale"],
+        num_inference_steps=config["num_inference_steps"], seed=config["seed"], revision=config["revision"],
+        emb_train_steps=config["emb_train_steps"], emb_learning_rate=config["emb_learning_rate"],
+        max_train_steps=config["max_train_steps"], learning_rate=config["learning_rate"],
+        lora_line="" if full else f", rank {config['rank']}, alpha {config['lora_alpha_used']}, "
+                                  f"targets {config['lora_target_module_list']}",
+        time_a=timings.get("A", 0.0), time_b=timings.get("B", 0.0), time_c=timings.get("C", 0.0),
+        device=config.get("device", "?"))
+    (folder / "README.md").write_text(text)

@@ -1,0 +1,238 @@
+"""The one configuration of an Imagic-LoRA edit: a dataclass whose fields are the CLI flags.
+
+Every field carries its one-line help text; :func:`build_parser` turns the dataclass into an
+``argparse`` parser, so ``--help`` and the config can never drift apart. :meth:`ImagicConfig.validate`
+checks the input files, prompts and output folder before any model is loaded; every error
+names the flag to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ImagicInputError
+
+#: The model the package ships: a small Stable-Diffusion-format model of the "shapes world".
+BUNDLED_MODEL = Path(__file__).resolve().parent / "bundled" / "shapes-sd"
+
+#: LoRA target-module presets. Attention projections are diffusers' default for LoRA; the
+#: larger presets add the feed-forward layers and the ResNet convolutions (kohya's "LoCon").
+LORA_TARGET_PRESETS = {
+    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
+    "attn_ff": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
+    "attn_ff_conv": [
+        "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+        "conv1", "conv2", "conv_shortcut", "time_emb_proj",
+    ],
+}
+
+SCHEDULERS = ("ddim", "dpmsolver++", "euler", "euler_a", "pndm", "model")
+
+
+def _field(default, help: str, **kwargs):
+    """A dataclass field whose metadata carries the flag's help text (and argparse extras)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class ImagicConfig:
+    # --- model -------------------------------------------------------------------------
+    pretrained_model_name_or_path: str = _field(
+        str(BUNDLED_MODEL), "Base model: a hub id or a local diffusers folder (SD 1.x/2.x/XL). "
+        "Default: the bundled shapes-world model.")
+    revision: str | None = _field(None, "Git revision of the base model on the hub.")
+    variant: str | None = _field(None, "Weights variant of the base model, e.g. fp16.")
+    pretrained_vae_model_name_or_path: str | None = _field(
+        None, "Optional replacement VAE (hub id or folder), e.g. an fp16-safe SDXL VAE.")
+    # --- input -------------------------------------------------------------------------
+    input_image: str = _field("", "The image to edit (PNG/JPEG/WebP...).")
+    target_prompt: str = _field("", "The edit, written as a description of the wanted image.")
+    resolution: int | None = _field(
+        None, "Square side the image is resized to; default: the model's native resolution.")
+    resize_mode: str = _field(
+        "center_crop", "How a non-square image becomes square: center_crop (keeps aspect) or stretch.",
+        choices=("center_crop", "stretch"))
+    # --- output ------------------------------------------------------------------------
+    output_dir: str = _field("imagic-output", "Folder for the images and the edit artifact.")
+    overwrite: bool = _field(False, "Replace an existing artifact in --output_dir.")
+    output_kohya_format: bool = _field(
+        True, "Also write a kohya-format LoRA (AUTOMATIC1111, ComfyUI).")
+    report_to: str | None = _field(None, "Log losses to this tracker (tensorboard).",
+                                   choices=(None, "tensorboard"))
+    seed: int = _field(0, "Seed of every random draw (timesteps, noise, LoRA init, sampling).")
+    # --- A: embedding optimisation -------------------------------------------------------
+    emb_train_steps: int = _field(
+        100, "Step A: Adam steps on the text embedding (paper: 1000 on SD; 100 gives the same "
+        "edits here, see docs/).")
+    emb_learning_rate: float = _field(2e-3, "Step A: learning rate of the embedding (paper: 2e-3).")
+    # --- B: fine-tuning ----------------------------------------------------------------
+    max_train_steps: int = _field(
+        200, "Step B: fine-tuning steps (paper: 1500 of the full UNet; LoRA needs far fewer).")
+    learning_rate: float = _field(1e-3, "Step B: learning rate of the LoRA (or UNet) weights.")
+    train_batch_size: int = _field(
+        4, "Noise draws (timesteps) of the one input image per optimisation step, in A and B.")
+    gradient_accumulation_steps: int = _field(
+        1, "Accumulate gradients over this many batches per step (saves memory).")
+    rank: int = _field(8, "LoRA rank.")
+    lora_alpha: float | None = _field(None, "LoRA alpha (scale = alpha / rank); default: the rank.")
+    lora_target_modules: str = _field(
+        "attn", "LoRA targets: a preset (attn, attn_ff, attn_ff_conv) or a comma list of module names.")
+    full_finetune: bool = _field(
+        False, "Step B as in the paper: train every UNet weight (the quality/cost reference).")
+    use_8bit_adam: bool = _field(True, "Step B optimiser: bitsandbytes AdamW8bit (else torch AdamW).")
+    adam_weight_decay: float = _field(1e-2, "Step B: AdamW weight decay.")
+    mixed_precision: str | None = _field(
+        None, "no, fp16 or bf16; default: the accelerate config's.", choices=(None, "no", "fp16", "bf16"))
+    gradient_checkpointing: bool = _field(
+        False, "Recompute UNet activations in the backward pass (less memory, ~30% slower).")
+    enable_xformers_memory_efficient_attention: bool = _field(
+        False, "Use xformers attention (pip install xformers); default: PyTorch SDPA.")
+    allow_tf32: bool = _field(False, "Allow TF32 matmuls on Ampere+ GPUs (faster, tiny precision loss).")
+    # --- C: generation -----------------------------------------------------------------
+    etas: list[float] = _field(
+        [0.0, 0.6, 0.8, 1.0, 1.2],
+        "Interpolation weights eta of the target embedding (0 = the input back; >1 extrapolates).",
+        nargs="+")
+    recommended_eta: float = _field(
+        1.0, "The eta the artifact recommends to users of the edit (recorded in its config).")
+    num_seeds: int = _field(2, "Images per eta: seeds seed, seed+1, ...")
+    guidance_scale: float = _field(3.0, "Classifier-free guidance scale for the edited images.")
+    num_inference_steps: int = _field(25, "Denoising steps per edited image.")
+    scheduler: str = _field(
+        "ddim", "Sampler for the images: ddim, dpmsolver++, euler, euler_a, pndm, or model (the base's own).",
+        choices=SCHEDULERS)
+
+    # ----------------------------------------------------------------------------------
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.num_seeds)]
+
+    @property
+    def lora_target_module_list(self) -> list[str]:
+        if self.lora_target_modules in LORA_TARGET_PRESETS:
+            return list(LORA_TARGET_PRESETS[self.lora_target_modules])
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    @property
+    def effective_lora_alpha(self) -> float:
+        return float(self.rank if self.lora_alpha is None else self.lora_alpha)
+
+    def validate(self) -> "ImagicConfig":
+        """Check everything that can be checked without a model; raise ImagicInputError."""
+        from .images import check_image_file  # local: keeps `--help` free of PIL imports
+
+        if not self.input_image:
+            raise ImagicInputError("--input_image", "is required")
+        check_image_file(self.input_image, flag="--input_image")
+        if not self.target_prompt or not self.target_prompt.strip():
+            raise ImagicInputError("--target_prompt", "is empty; describe the wanted image")
+        if not self.etas:
+            raise ImagicInputError("--etas", "is empty; give at least one value, e.g. --etas 0 0.7 1")
+        for eta in self.etas:
+            if not math.isfinite(eta):
+                raise ImagicInputError("--etas", f"{eta} is not a finite number")
+        if not math.isfinite(self.recommended_eta):
+            raise ImagicInputError("--recommended_eta", "is not a finite number")
+        positive_ints = ("emb_train_steps", "max_train_steps", "train_batch_size", "rank", "num_seeds",
+                         "num_inference_steps", "gradient_accumulation_steps")
+        for name in positive_ints:
+            value = getattr(self, name)
+            # Zero steps is allowed for A and B: it is the paper's ablation.
+            minimum = 0 if name in ("emb_train_steps", "max_train_steps") else 1
+            if value < minimum:
+                raise ImagicInputError(f"--{name}", f"must be >= {minimum}, got {value}")
+        for name in ("emb_learning_rate", "learning_rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ImagicInputError(f"--{name}", f"must be a positive number, got {value}")
+        if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ImagicInputError("--lora_alpha", f"must be a positive number, got {self.lora_alpha}")
+        if not self.lora_target_module_list:
+            raise ImagicInputError("--lora_target_modules", "names no module")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise ImagicInputError("--resolution", f"must be a positive multiple of 8, got {self.resolution}")
+        if self.guidance_scale < 0 or not math.isfinite(self.guidance_scale):
+            raise ImagicInputError("--guidance_scale", f"must be >= 0, got {self.guidance_scale}")
+        if self.enable_xformers_memory_efficient_attention:
+            try:
+                import xformers  # noqa: F401
+            except ImportError:
+                raise ImagicInputError(
+                    "--enable_xformers_memory_efficient_attention",
+                    "xformers is not installed (pip install 'imagic-lora[xformers]'; CUDA only); "
+                    "leave the flag off to use PyTorch SDPA") from None
+        check_output_dir(self.output_dir, overwrite=self.overwrite)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_output_dir(output_dir: str, overwrite: bool, flag: str = "--output_dir") -> None:
+    """Refuse an output folder that would lose data or cannot be written."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ImagicInputError(flag, f"{output_dir} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ImagicInputError(
+            flag, f"{output_dir} already holds files; pass --overwrite to replace them or choose another folder")
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ImagicInputError(flag, f"cannot write in {parent}")
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; we print the error alone, on one line."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parse_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return value
+
+
+def build_parser(prog: str = "imagic_lora") -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(
+        prog=prog,
+        description="Imagic with LoRA: edit one real image from a target text with a Stable Diffusion model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(ImagicConfig):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        flag = f"--{f.name}"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            continue
+        type_name = str(f.type)
+        if "float" in type_name:
+            kind = _parse_float
+        elif "int" in type_name:
+            kind = int
+        else:
+            kind = str
+        if meta.get("choices") is not None and None in meta["choices"]:
+            meta["choices"] = [c for c in meta["choices"] if c is not None]
+        parser.add_argument(flag, type=kind, default=default, help=help_text, **meta)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> ImagicConfig:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return ImagicConfig(**vars(args))

@@ -1,0 +1,105 @@
+"""The denoising loss both Imagic optimisations minimise.
+
+    L(x, e, θ) = E_{t, ε} || target(x, ε, t) − f_θ(x_t, t, e) ||²,
+    x_t = sqrt(ᾱ_t)·x + sqrt(1−ᾱ_t)·ε,
+
+where x is the VAE latent of the input image and the target is ε for epsilon-prediction
+models (SD 1.x, SD 2.x base) and v = sqrt(ᾱ_t)·ε − sqrt(1−ᾱ_t)·x for v-prediction models
+(SD 2.x 768). Every draw of t and ε comes from the caller's seeded generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .conditioning import PromptEmbeds, unet_condition
+
+
+@torch.no_grad()
+def encode_image_latents(vae, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(1, 3, H, W) in [-1, 1] -> the scaled latent x (1, C, H/f, W/f), fp32.
+
+    The posterior mean, not a sample: the image is fixed, so its latent should be too.
+    """
+    pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
+    latents = vae.encode(pixel_values).latent_dist.mode().float()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def prediction_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor,
+                      timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet must predict under the scheduler's ``prediction_type``."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    if kind == "sample":
+        return latents
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+def draw_noise(latents: torch.Tensor, batch_size: int, num_train_timesteps: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (B,) uniform over the schedule and noise (B, C, h, w), drawn on the CPU.
+
+    Drawing on the CPU makes a seed mean the same thing on every device.
+    """
+    timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)
+    noise = torch.randn((batch_size, *latents.shape[1:]), generator=generator, dtype=torch.float32)
+    return timesteps.to(latents.device), noise.to(latents.device)
+
+
+def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds, *,
+                   batch_size: int, generator: torch.Generator, weight_dtype: torch.dtype,
+                   add_time_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """One Monte-Carlo estimate of L over ``batch_size`` draws of (t, ε); a scalar, fp32.
+
+    ``latents`` is (1, C, h, w) fp32; the UNet runs in ``weight_dtype`` (call inside
+    ``accelerator.autocast()`` for mixed precision); the loss is computed in fp32.
+    """
+    timesteps, noise = draw_noise(latents, batch_size, noise_scheduler.config.num_train_timesteps, generator)
+    clean = latents.expand(batch_size, -1, -1, -1)
+    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+    target = prediction_target(noise_scheduler, clean, noise, timesteps)
+    cond = unet_condition(embeds, batch_size, weight_dtype, add_time_ids)
+    prediction = unet(noisy.to(weight_dtype), timesteps, **cond).sample
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def minimise(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds, optimizer, *, accelerator,
+             steps: int, batch_size: int, generator: torch.Generator, weight_dtype: torch.dtype,
+             add_time_ids: torch.Tensor | None = None, desc: str = "", log_key: str = "loss") -> list[float]:
+    """The optimisation loop of steps A and B: ``steps`` optimiser steps on L; returns step losses.
+
+    What is trained is whatever ``optimizer`` holds (the embedding in A, the LoRA or UNet in B).
+    Each step averages ``accelerator.gradient_accumulation_steps`` batches of ``batch_size`` draws.
+    Losses stay on the device until the end (no host sync per step) except every 10th, shown
+    on the progress bar and logged to the tracker.
+    """
+    accumulation = accelerator.gradient_accumulation_steps
+    losses: list[torch.Tensor] = []
+    progress = tqdm(range(steps), desc=desc, disable=not accelerator.is_local_main_process)
+    for step in progress:
+        step_loss = torch.zeros((), device=latents.device)
+        for _ in range(accumulation):
+            with accelerator.accumulate(), accelerator.autocast():
+                loss = denoising_loss(unet, noise_scheduler, latents, embeds, batch_size=batch_size,
+                                      generator=generator, weight_dtype=weight_dtype, add_time_ids=add_time_ids)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.detach() / accumulation
+        losses.append(step_loss)
+        if step % 10 == 0 or step == steps - 1:
+            value = float(step_loss)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{desc}: the loss became {value} at step {step}")
+            progress.set_postfix(loss=f"{value:.4f}")
+            accelerator.log({log_key: value}, step=step)
+    return [float(v) for v in losses]

@@ -1,0 +1,138 @@
+"""Loading a base model: the stock diffusers pipeline of its family, with the precision set.
+
+Any diffusers Stable Diffusion 1.x/2.x or SDXL checkpoint loads by hub id or local folder,
+with the same ``from_pretrained`` a user's own code would call. The family is read from the
+checkpoint's ``model_index.json``, so nothing downstream guesses.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
+
+from .errors import ImagicInputError
+from .vocabulary import VOCABULARY_FILE, read_vocabulary
+
+logger = logging.getLogger(__name__)
+
+FAMILIES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+
+
+def weight_dtype_for(mixed_precision: str | None) -> torch.dtype:
+    """dtype of the frozen weights under Accelerate's ``mixed_precision``."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision or "no", torch.float32)
+
+
+def model_family(pretrained_model_name_or_path: str, revision: str | None = None) -> str:
+    """'sd' or 'sdxl', from the checkpoint's model_index.json."""
+    try:
+        index = DiffusionPipeline.load_config(pretrained_model_name_or_path, revision=revision)
+    except Exception as e:  # hub errors, missing folder, bad JSON: one line for the user
+        raise ImagicInputError(
+            "--pretrained_model_name_or_path",
+            f"cannot read a diffusers model_index.json from {pretrained_model_name_or_path!r} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    class_name = index.get("_class_name", "")
+    if "text_encoder_2" in index or class_name.startswith("StableDiffusionXL"):
+        return "sdxl"
+    if class_name.startswith("StableDiffusion") or "unet" in index:
+        return "sd"
+    raise ImagicInputError("--pretrained_model_name_or_path",
+                           f"{class_name or 'this model'} is not a Stable Diffusion 1.x/2.x/XL pipeline")
+
+
+def load_tokenizer_and_vocabulary(pretrained_model_name_or_path: str, revision: str | None = None):
+    """The (first) tokenizer and the closed vocabulary, if the model ships one. Cheap: no weights."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder="tokenizer",
+                                              revision=revision)
+    local = Path(pretrained_model_name_or_path)
+    if local.is_dir():
+        vocabulary = read_vocabulary(local / "tokenizer")
+    else:
+        vocabulary = None
+        try:
+            from huggingface_hub import hf_hub_download
+            path = hf_hub_download(pretrained_model_name_or_path, f"tokenizer/{VOCABULARY_FILE}", revision=revision)
+            vocabulary = read_vocabulary(Path(path).parent)
+        except Exception:  # no such file (every real checkpoint): an open vocabulary
+            pass
+    return tokenizer, vocabulary
+
+
+def load_pipeline(pretrained_model_name_or_path: str, *, revision: str | None = None, variant: str | None = None,
+                  weight_dtype: torch.dtype = torch.float32, vae_model_name_or_path: str | None = None,
+                  vae_dtype: torch.dtype | None = None):
+    """Load the stock pipeline of the checkpoint's family, every weight frozen in ``weight_dtype``.
+
+    The VAE can be replaced (``vae_model_name_or_path``) and kept in its own dtype: SDXL's VAE
+    overflows in fp16, so for SDXL under fp16 it stays in fp32 unless an fp16-safe VAE is given.
+    """
+    family = model_family(pretrained_model_name_or_path, revision)
+    pipeline_class = FAMILIES[family]
+    kwargs = {"revision": revision, "variant": variant, "dtype": weight_dtype}
+    if family == "sd":
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if vae_model_name_or_path:
+        kwargs["vae"] = AutoencoderKL.from_pretrained(vae_model_name_or_path, dtype=vae_dtype or weight_dtype)
+    pipe = pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
+    if vae_dtype is None and family == "sdxl" and weight_dtype == torch.float16 and not vae_model_name_or_path:
+        vae_dtype = torch.float32
+    if vae_dtype is not None:
+        pipe.vae.to(dtype=vae_dtype)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False)
+            module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def training_noise_scheduler(pipe) -> DDPMScheduler:
+    """The forward-process schedule the model was trained with (betas, prediction_type)."""
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def inference_scheduler(pipe, name: str):
+    """A sampler for generation, built from the model's own scheduler config."""
+    config = pipe.scheduler.config
+    if name == "model":
+        return pipe.scheduler
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config)
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler.from_config(config)
+    if name == "pndm":
+        return PNDMScheduler.from_config(config)
+    raise ValueError(f"unknown scheduler {name!r}")
+
+
+def set_attention(unet, use_xformers: bool) -> str:
+    """xformers when asked (and installed), else PyTorch SDPA (diffusers' default). Returns which."""
+    if use_xformers:
+        unet.enable_xformers_memory_efficient_attention()
+        return "xformers"
+    return "sdpa"
+
+
+def native_resolution(pipe) -> int:
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
