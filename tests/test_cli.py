@@ -1,0 +1,171 @@
+"""The recipe end to end: a real `accelerate launch` run, what lands on disk, and the proof that a
+stock diffusers pipeline (diffusers or kohya LoRA file) reproduces the script's images."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import ROOT
+from imagic_lora.artifact import load_edit, read_safetensors_metadata
+
+FAST = ["--emb_train_steps", "8", "--max_train_steps", "8", "--train_batch_size", "2", "--etas", "0", "0.7", "1.3",
+        "--num_seeds", "2", "--num_inference_steps", "4", "--guidance_scale", "3", "--seed", "11"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("imagic_lora_script", ROOT / "scripts" / "imagic_lora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_inprocess(model, image, out, *extra):
+    return load_script().main(["--pretrained_model_name_or_path", str(model), "--input_image", str(image),
+                               "--target_prompt", "a large blue square on a gray background",
+                               "--output_dir", str(out), *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def launched(tiny_sd, input_png, tmp_path_factory):
+    """One real `accelerate launch` of the script, as a user runs it."""
+    out = tmp_path_factory.mktemp("launch") / "edit"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_cpu_threads_per_process", "2",
+           str(ROOT / "scripts" / "imagic_lora.py"), "--pretrained_model_name_or_path", str(tiny_sd),
+           "--input_image", str(input_png), "--target_prompt", "a large blue square on a gray background",
+           "--output_dir", str(out), "--report_to", "tensorboard", *FAST]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_launch_writes_the_whole_artifact(launched):
+    out, proc = launched
+    config = json.loads((out / "imagic_config.json").read_text())
+    expected_images = {f"eta_{eta:.2f}_seed_{seed}.png" for eta in (0, 0.7, 1.3) for seed in (11, 12)}
+    assert expected_images | {"input.png", "grid.png"} == {p.name for p in (out / "images").iterdir()}
+    for name in expected_images | {"input.png"}:
+        assert Image.open(out / "images" / name).size == (32, 32)
+    assert Image.open(out / "images" / "grid.png").size[0] == 4 * 128  # input + three etas
+    for name in ("pytorch_lora_weights.safetensors", "imagic_lora_kohya.safetensors", "imagic_embeds.safetensors",
+                 "imagic_config.json", "README.md"):
+        assert (out / name).is_file(), name
+    # No pickles anywhere: safetensors, JSON, PNG, markdown and tensorboard event files only.
+    suffixes = {p.suffix for p in out.rglob("*") if p.is_file() and "logs" not in p.parts}
+    assert suffixes <= {".safetensors", ".json", ".png", ".md"}
+    assert list((out / "logs").rglob("events.out.tfevents*"))
+    # The config records what the issue asks for.
+    for key in ("pretrained_model_name_or_path", "revision", "target_prompt", "recommended_eta", "seeds",
+                "scheduler_class", "num_inference_steps", "guidance_scale", "versions", "wall_time_s",
+                "emb_train_steps", "learning_rate", "rank"):
+        assert key in config, key
+    assert config["seeds"] == [11, 12] and config["scheduler_class"] == "DDIMScheduler"
+    assert set(config["wall_time_s"]) >= {"A", "B", "C"}
+    assert {"torch", "diffusers", "peft", "accelerate"} <= set(config["versions"])
+    embeds = load_file(out / "imagic_embeds.safetensors")
+    assert set(embeds) == {"target_prompt_embeds", "optimized_prompt_embeds"}
+    assert embeds["target_prompt_embeds"].shape == (1, 77, 32)
+    card = (out / "README.md").read_text()
+    assert "load_lora_weights" in card and "prompt_embeds" in card
+    assert "imagic_lora: done in" in proc.stdout
+    # Nothing temporary is left beside the output.
+    assert [p.name for p in out.parent.iterdir()] == ["edit"]
+
+
+def test_kohya_copy_has_true_alpha_and_metadata(launched):
+    out, _ = launched
+    kohya = load_file(out / "imagic_lora_kohya.safetensors")
+    downs = [k for k in kohya if k.endswith(".lora_down.weight")]
+    assert downs and all(k.startswith("lora_unet_") for k in kohya)
+    for key in downs:
+        module = key[: -len(".lora_down.weight")]
+        assert kohya[f"{module}.lora_up.weight"].shape[1] == kohya[key].shape[0] == 8  # rank
+        assert float(kohya[f"{module}.alpha"]) == 8.0
+    meta = read_safetensors_metadata(out / "imagic_lora_kohya.safetensors")
+    assert meta["ss_network_dim"] == "8" and float(meta["ss_network_alpha"]) == 8.0
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    diffusers_meta = read_safetensors_metadata(out / "pytorch_lora_weights.safetensors")
+    assert json.loads(diffusers_meta["lora_adapter_metadata"])["unet.lora_alpha"] == 8
+
+
+@pytest.mark.parametrize("kohya", [False, True], ids=["diffusers-file", "kohya-file"])
+@pytest.mark.parametrize("eta,seed", [(0.7, 12), (1.3, 11)])
+def test_stock_pipeline_reproduces_the_script_images(launched, tiny_sd, kohya, eta, seed):
+    out, _ = launched
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd), safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if kohya:
+        pipe.load_lora_weights(str(out), weight_name="imagic_lora_kohya.safetensors")
+    else:
+        pipe.load_lora_weights(str(out))
+    embeds = load_file(out / "imagic_embeds.safetensors")
+    mix = eta * embeds["target_prompt_embeds"] + (1 - eta) * embeds["optimized_prompt_embeds"]
+    image = pipe(prompt_embeds=mix, guidance_scale=3, num_inference_steps=4,
+                 generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+    script_image = Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seed}.png")
+    assert np.array_equal(np.asarray(image), np.asarray(script_image))
+
+
+def test_load_edit_and_generate_helper_reproduce_the_script(launched, tiny_sd):
+    from imagic_lora.generate import generate_image
+    out, _ = launched
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd), safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    edit = load_edit(pipe, out)
+    image = generate_image(pipe, edit.embeds(0.0), seed=11, guidance_scale=3, num_inference_steps=4)
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(out / "images" / "eta_0.00_seed_11.png")))
+
+
+def test_same_seed_gives_the_same_artifact(launched, tiny_sd, input_png, tmp_path):
+    """The in-process run with the same flags gives bitwise the same tensors and images."""
+    out, _ = launched
+    assert run_inprocess(tiny_sd, input_png, tmp_path / "again") == 0
+    for name in ("pytorch_lora_weights.safetensors", "imagic_lora_kohya.safetensors", "imagic_embeds.safetensors"):
+        a, b = load_file(out / name), load_file(tmp_path / "again" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    for png in (out / "images").glob("eta_*.png"):
+        assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "again" / "images" / png.name)))
+
+
+def test_load_edit_refuses_another_base_model(launched, tmp_path):
+    from imagic_lora.tiny import make_tiny_sd
+    out, _ = launched
+    other = make_tiny_sd(tmp_path / "wide")
+    config = json.loads((other / "unet" / "config.json").read_text())
+    pipe = StableDiffusionPipeline.from_pretrained(str(other), safety_checker=None)
+    pipe.unet.register_to_config(cross_attention_dim=64)  # as if the base model were another family
+    with pytest.raises(ValueError, match="64-wide"):
+        load_edit(pipe, out)
+    assert config["cross_attention_dim"] == 32
+
+
+def test_v_prediction_model_end_to_end(tiny_sd_v, input_png, tmp_path):
+    assert run_inprocess(tiny_sd_v, input_png, tmp_path / "v") == 0
+    config = json.loads((tmp_path / "v" / "imagic_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction"
+
+
+def test_full_finetune_artifact_round_trip(tiny_sd, input_png, tmp_path):
+    out = tmp_path / "full"
+    assert run_inprocess(tiny_sd, input_png, out, "--full_finetune", "--no-use_8bit_adam", "--etas", "0.7",
+                         "--num_seeds", "1") == 0
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd), safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    edit = load_edit(pipe, out)
+    image = pipe(prompt_embeds=edit.embeds(0.7).prompt_embeds, guidance_scale=3, num_inference_steps=4,
+                 generator=torch.Generator("cpu").manual_seed(11)).images[0]
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(out / "images" / "eta_0.70_seed_11.png")))

@@ -1,0 +1,134 @@
+"""Bad input: one line naming the flag, exit code 2, no model loaded, nothing on disk lost."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from PIL import Image
+
+from imagic_lora.config import ImagicConfig, build_parser
+from test_cli import load_script
+
+
+@pytest.fixture()
+def script(monkeypatch):
+    module = load_script()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+    monkeypatch.setattr(module, "load_pipeline", no_model)
+    return module
+
+
+def run_bad(script, capsys, tiny_sd, **overrides):
+    args = {"pretrained_model_name_or_path": str(tiny_sd), "target_prompt": "a red circle",
+            "output_dir": str(overrides.pop("tmp") / "out"), **overrides}
+    argv = []
+    for key, value in args.items():
+        argv += [f"--{key}", *([value] if isinstance(value, str) else value)]
+    try:
+        code = script.main(argv)
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def corrupt_png(path):
+    Image.new("RGB", (64, 64), "red").save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("case,flag", [
+    ("missing", "--input_image"), ("folder", "--input_image"), ("not-image", "--input_image"),
+    ("truncated", "--input_image"), ("empty-prompt", "--target_prompt"), ("blank-prompt", "--target_prompt"),
+    ("unknown-word", "--target_prompt"), ("eta-not-number", "--etas"), ("eta-empty", "--etas"),
+    ("output-is-file", "--output_dir"), ("bad-model", "--pretrained_model_name_or_path"),
+    ("zero-seeds", "--num_seeds"), ("bad-resolution", "--resolution"),
+])
+def test_bad_input_is_one_line_naming_the_flag(script, capsys, tiny_sd, input_png, tmp_path, case, flag):
+    kwargs = {"tmp": tmp_path, "input_image": str(input_png)}
+    if case == "missing":
+        kwargs["input_image"] = str(tmp_path / "nope.png")
+    elif case == "folder":
+        kwargs["input_image"] = str(tmp_path)
+    elif case == "not-image":
+        (tmp_path / "notes.png").write_text("hello")
+        kwargs["input_image"] = str(tmp_path / "notes.png")
+    elif case == "truncated":
+        kwargs["input_image"] = str(corrupt_png(tmp_path / "cut.png"))
+    elif case == "empty-prompt":
+        kwargs["target_prompt"] = ""
+    elif case == "blank-prompt":
+        kwargs["target_prompt"] = "   "
+    elif case == "unknown-word":
+        kwargs["target_prompt"] = "a purple circle"
+    elif case == "eta-not-number":
+        kwargs["etas"] = ["0.5", "abc"]
+    elif case == "eta-empty":
+        kwargs["etas"] = []
+    elif case == "output-is-file":
+        (tmp_path / "out").write_text("precious")
+    elif case == "bad-model":
+        kwargs["pretrained_model_name_or_path"] = str(tmp_path / "no-model")
+    elif case == "zero-seeds":
+        kwargs["num_seeds"] = "0"
+    elif case == "bad-resolution":
+        kwargs["resolution"] = "30"
+    code, err = run_bad(script, capsys, tiny_sd, **kwargs)
+    assert code == 2
+    assert len(err) == 1, err
+    assert flag in err[0]
+    if case == "unknown-word":
+        assert "'purple'" in err[0]
+    if case == "output-is-file":
+        assert (tmp_path / "out").read_text() == "precious"
+
+
+def test_existing_artifact_is_kept_without_overwrite(script, capsys, tiny_sd, input_png, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "imagic_config.json").write_text(json.dumps({"mine": True}))
+    code, err = run_bad(script, capsys, tiny_sd, tmp=tmp_path, input_image=str(input_png))
+    assert code == 2 and len(err) == 1 and "--overwrite" in err[0]
+    assert json.loads((out / "imagic_config.json").read_text()) == {"mine": True}
+
+
+def test_overwrite_replaces_the_artifact_whole(tiny_sd, input_png, tmp_path):
+    from test_cli import run_inprocess
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old run")
+    assert run_inprocess(tiny_sd, input_png, out, "--overwrite", "--num_seeds", "1", "--etas", "0.5") == 0
+    assert not (out / "stale.txt").exists()
+    assert (out / "imagic_config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failing_run_leaves_nothing_half_written(tiny_sd, input_png, tmp_path, monkeypatch):
+    from test_cli import run_inprocess
+    import imagic_lora.generate as generate
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash in step C")
+    script = load_script()
+    monkeypatch.setattr(script, "generate_sweep", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        script.main(["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
+                     "--target_prompt", "a red circle", "--output_dir", str(tmp_path / "out"),
+                     "--emb_train_steps", "1", "--max_train_steps", "1"])
+    assert list(tmp_path.iterdir()) == []
+    assert generate.generate_sweep is not boom
+
+
+def test_help_has_one_line_for_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(ImagicConfig):
+        assert f"--{f.name}" in text, f.name
+        assert f.metadata["help"] and "\n" not in f.metadata["help"]

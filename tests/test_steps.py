@@ -1,0 +1,229 @@
+"""Steps A and B and the LoRA on tiny models: what changes, what must not, and the targets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import Accelerator
+from PIL import Image
+
+from conftest import fixed_draw_loss
+from imagic_lora.conditioning import PromptEmbeds, encode_prompt, interpolate
+from imagic_lora.diffusion import denoising_loss, encode_image_latents, prediction_target
+from imagic_lora.embedding import optimize_embedding
+from imagic_lora.finetune import finetune, full_finetune_parameters
+from imagic_lora.images import load_image, pil_to_tensor
+from imagic_lora.lora import add_lora
+from imagic_lora.models import load_pipeline, native_resolution, training_noise_scheduler
+
+ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@pytest.fixture()
+def setup(tiny_sd, input_png):
+    pipe = load_pipeline(str(tiny_sd))
+    image = load_image(input_png, native_resolution(pipe))
+    latents = encode_image_latents(pipe.vae, pil_to_tensor(image))
+    e_tgt = encode_prompt(pipe, "a large blue square on a white background", "cpu")
+    return pipe, training_noise_scheduler(pipe), latents, e_tgt
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_step_a_lowers_loss_and_leaves_unet_bitwise_unchanged(setup):
+    pipe, scheduler, latents, e_tgt = setup
+    before = snapshot(pipe.unet)
+    e_opt, losses = optimize_embedding(
+        pipe.unet, scheduler, latents, e_tgt, accelerator=Accelerator(cpu=True), steps=40, learning_rate=5e-2,
+        batch_size=4, generator=torch.Generator().manual_seed(0), weight_dtype=torch.float32)
+    assert len(losses) == 40
+    assert e_opt.prompt_embeds.shape == e_tgt.prompt_embeds.shape == (1, 77, 32)
+    assert e_opt.prompt_embeds.dtype == torch.float32 and not e_opt.prompt_embeds.requires_grad
+    assert not torch.equal(e_opt.prompt_embeds, e_tgt.prompt_embeds)
+    assert fixed_draw_loss(pipe.unet, scheduler, latents, e_opt) < fixed_draw_loss(pipe.unet, scheduler, latents, e_tgt)
+    after = snapshot(pipe.unet)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in pipe.unet.parameters())
+
+
+def test_step_a_refuses_a_trainable_unet(setup):
+    pipe, scheduler, latents, e_tgt = setup
+    pipe.unet.requires_grad_(True)
+    with pytest.raises(ValueError, match="frozen UNet"):
+        optimize_embedding(pipe.unet, scheduler, latents, e_tgt, accelerator=Accelerator(cpu=True), steps=1,
+                           learning_rate=1e-3, batch_size=1, generator=torch.Generator(), weight_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("use_8bit_adam", [True, False])
+def test_step_b_changes_only_lora_and_lowers_loss(setup, use_8bit_adam):
+    pipe, scheduler, latents, e_tgt = setup
+    base = snapshot(pipe.unet)
+    params = add_lora(pipe.unet, rank=4, alpha=4, target_modules=ATTN, seed=0)
+    lora_names = {n for n, p in pipe.unet.named_parameters() if p.requires_grad}
+    assert lora_names and all(".lora_A." in n or ".lora_B." in n for n in lora_names)
+    assert all(p.dtype == torch.float32 for p in params)
+    lora_before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if p.requires_grad}
+    loss_before = fixed_draw_loss(pipe.unet, scheduler, latents, e_tgt)
+    losses = finetune(pipe.unet, scheduler, latents, e_tgt, params, accelerator=Accelerator(cpu=True), steps=40,
+                      learning_rate=1e-2, batch_size=4, use_8bit_adam=use_8bit_adam, weight_decay=0.0,
+                      generator=torch.Generator().manual_seed(0), weight_dtype=torch.float32)
+    assert len(losses) == 40
+    assert fixed_draw_loss(pipe.unet, scheduler, latents, e_tgt) < loss_before
+    for name, param in pipe.unet.named_parameters():
+        if name in lora_names:
+            continue
+        base_name = name.replace(".base_layer.", ".")
+        assert torch.equal(param, base[base_name]), f"base weight {name} changed"
+    changed = [n for n, p in pipe.unet.named_parameters() if n in lora_names and not torch.equal(p, lora_before[n])]
+    assert len(changed) == len(lora_names)
+
+
+def test_8bit_adam_is_bitsandbytes(setup):
+    from imagic_lora.finetune import make_optimizer
+    import bitsandbytes as bnb
+    optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(8192))], learning_rate=1e-3, use_8bit_adam=True,
+                               weight_decay=0.0)
+    assert isinstance(optimizer, bnb.optim.AdamW8bit)
+
+
+def test_lora_invariants_with_nonzero_init(setup):
+    """A randomly initialised (non-zero) adapter changes the output; disabled, it is the base."""
+    pipe, scheduler, latents, e_tgt = setup
+    unet = pipe.unet
+    x = torch.randn((2, *latents.shape[1:]), generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([10, 700])
+    cond = e_tgt.prompt_embeds.expand(2, -1, -1)
+    with torch.no_grad():
+        base = unet(x, t, encoder_hidden_states=cond).sample
+        add_lora(unet, rank=4, alpha=8, target_modules=ATTN, seed=0, init_lora_weights=False)
+        adapted = unet(x, t, encoder_hidden_states=cond).sample
+        unet.disable_adapters()
+        disabled = unet(x, t, encoder_hidden_states=cond).sample
+        unet.enable_adapters()
+        again = unet(x, t, encoder_hidden_states=cond).sample
+    assert (adapted - base).abs().max() > 1e-3
+    torch.testing.assert_close(disabled, base, rtol=0, atol=0)
+    torch.testing.assert_close(again, adapted, rtol=0, atol=0)
+
+
+def test_lora_init_is_seeded(tiny_sd):
+    weights = []
+    for _ in range(2):
+        pipe = load_pipeline(str(tiny_sd))
+        add_lora(pipe.unet, rank=4, alpha=4, target_modules=ATTN, seed=7)
+        weights.append({n: p.detach().clone() for n, p in pipe.unet.named_parameters() if p.requires_grad})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_lora_targets_that_match_nothing_are_refused(tiny_sd):
+    pipe = load_pipeline(str(tiny_sd))
+    with pytest.raises(ValueError):
+        add_lora(pipe.unet, rank=4, alpha=4, target_modules=["no_such_module"], seed=0)
+
+
+def test_full_finetune_trains_every_weight(setup):
+    pipe, scheduler, latents, e_tgt = setup
+    base = snapshot(pipe.unet)
+    params = full_finetune_parameters(pipe.unet)
+    finetune(pipe.unet, scheduler, latents, e_tgt, params, accelerator=Accelerator(cpu=True), steps=3,
+             learning_rate=1e-3, batch_size=2, use_8bit_adam=False, weight_decay=0.0,
+             generator=torch.Generator().manual_seed(0), weight_dtype=torch.float32)
+    after = snapshot(pipe.unet)
+    changed = sum(not torch.equal(base[k], after[k]) for k in base)
+    assert changed > 0.9 * len(base)
+
+
+def test_epsilon_and_v_prediction_targets(tiny_sd, tiny_sd_v):
+    eps_scheduler = training_noise_scheduler(load_pipeline(str(tiny_sd)))
+    v_scheduler = training_noise_scheduler(load_pipeline(str(tiny_sd_v)))
+    assert eps_scheduler.config.prediction_type == "epsilon"
+    assert v_scheduler.config.prediction_type == "v_prediction"
+    g = torch.Generator().manual_seed(0)
+    x, noise = torch.randn((3, 4, 8, 8), generator=g), torch.randn((3, 4, 8, 8), generator=g)
+    t = torch.tensor([0, 500, 999])
+    assert torch.equal(prediction_target(eps_scheduler, x, noise, t), noise)
+    alpha_bar = v_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected_v = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x
+    torch.testing.assert_close(prediction_target(v_scheduler, x, noise, t), expected_v)
+
+
+def test_denoising_loss_trains_against_the_v_target(tiny_sd_v):
+    """A UNet that outputs exactly v has zero loss on a v-prediction model, and not zero for eps."""
+    scheduler = training_noise_scheduler(load_pipeline(str(tiny_sd_v)))
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    embeds = PromptEmbeds(torch.zeros(1, 77, 32))
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, kind):
+            super().__init__()
+            self.kind = kind
+
+        def forward(self, noisy, t, encoder_hidden_states):
+            # Recover the noise from x_t and the known clean latents, then return the target.
+            a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+            noise = (noisy - a.sqrt() * latents) / (1 - a).sqrt()
+            out = a.sqrt() * noise - (1 - a).sqrt() * latents if self.kind == "v" else noise
+
+            class Out:
+                sample = out
+            return Out()
+
+    def loss(kind):
+        return float(denoising_loss(Oracle(kind), scheduler, latents, embeds, batch_size=8,
+                                    generator=torch.Generator().manual_seed(0), weight_dtype=torch.float32))
+    assert loss("v") < 1e-8
+    assert loss("eps") > 1e-2
+
+
+def test_interpolation_endpoints_and_extrapolation():
+    e_tgt = PromptEmbeds(torch.ones(1, 77, 4), torch.ones(1, 8))
+    e_opt = PromptEmbeds(torch.zeros(1, 77, 4), torch.full((1, 8), 2.0))
+    assert torch.equal(interpolate(e_tgt, e_opt, 0.0).prompt_embeds, e_opt.prompt_embeds)
+    assert torch.equal(interpolate(e_tgt, e_opt, 1.0).pooled_prompt_embeds, e_tgt.pooled_prompt_embeds)
+    mid = interpolate(e_tgt, e_opt, 0.7)
+    torch.testing.assert_close(mid.prompt_embeds, torch.full((1, 77, 4), 0.7))
+    torch.testing.assert_close(mid.pooled_prompt_embeds, torch.full((1, 8), 0.7 + 0.3 * 2.0))
+    torch.testing.assert_close(interpolate(e_tgt, e_opt, 1.5).prompt_embeds, torch.full((1, 77, 4), 1.5))
+
+
+def test_same_seed_same_training(tiny_sd, input_png):
+    results = []
+    for _ in range(2):
+        pipe = load_pipeline(str(tiny_sd))
+        scheduler = training_noise_scheduler(pipe)
+        latents = encode_image_latents(pipe.vae, pil_to_tensor(load_image(input_png, native_resolution(pipe))))
+        e_tgt = encode_prompt(pipe, "a red circle", "cpu")
+        e_opt, _ = optimize_embedding(pipe.unet, scheduler, latents, e_tgt, accelerator=Accelerator(cpu=True),
+                                      steps=5, learning_rate=1e-2, batch_size=2,
+                                      generator=torch.Generator().manual_seed(5), weight_dtype=torch.float32)
+        params = add_lora(pipe.unet, rank=2, alpha=2, target_modules=ATTN, seed=5)
+        finetune(pipe.unet, scheduler, latents, e_opt, params, accelerator=Accelerator(cpu=True), steps=5,
+                 learning_rate=1e-2, batch_size=2, use_8bit_adam=True, weight_decay=0.0,
+                 generator=torch.Generator().manual_seed(6), weight_dtype=torch.float32)
+        results.append((e_opt.prompt_embeds, [p.detach().clone() for p in params]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_bf16_mixed_precision_keeps_trainables_fp32(tiny_sd, input_png):
+    pipe = load_pipeline(str(tiny_sd), weight_dtype=torch.bfloat16)
+    assert pipe.unet.dtype == torch.bfloat16
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    scheduler = training_noise_scheduler(pipe)
+    latents = encode_image_latents(pipe.vae, pil_to_tensor(load_image(input_png, native_resolution(pipe))))
+    assert latents.dtype == torch.float32
+    e_tgt = encode_prompt(pipe, "a red circle", "cpu")
+    e_opt, losses = optimize_embedding(pipe.unet, scheduler, latents, e_tgt, accelerator=accelerator, steps=2,
+                                       learning_rate=1e-2, batch_size=2, generator=torch.Generator().manual_seed(0),
+                                       weight_dtype=torch.bfloat16)
+    params = add_lora(pipe.unet, rank=2, alpha=2, target_modules=ATTN, seed=0)
+    finetune(pipe.unet, scheduler, latents, e_opt, params, accelerator=accelerator, steps=2, learning_rate=1e-3,
+             batch_size=2, use_8bit_adam=True, weight_decay=0.0, generator=torch.Generator().manual_seed(0),
+             weight_dtype=torch.bfloat16)
+    assert e_opt.prompt_embeds.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in params)
+    frozen = [p for p in pipe.unet.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses)
