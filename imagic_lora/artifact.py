@@ -13,11 +13,9 @@ Only safetensors and JSON: nothing is unpickled, and metadata strings are treate
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,32 +34,41 @@ FULL_UNET_DIR = "unet"
 ARTIFACT_FORMAT = "imagic-lora/1"
 
 
-@contextlib.contextmanager
-def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False):
-    """Yield a fresh temporary folder beside ``output_dir``; on success it replaces ``output_dir``.
+class StagedOutput:
+    """An artifact folder built under a temporary name beside its target, renamed in when whole.
 
-    On an exception the temporary folder is removed and ``output_dir`` is untouched, so a crash
-    never leaves a partial artifact that looks complete. An existing ``output_dir`` is only
-    replaced when ``overwrite`` is set, and only after the new one is complete.
+    ``.<name>.partial`` holds the images, files and checkpoints while the edit runs; a crash or
+    a kill leaves it (with its checkpoints, for ``--resume``) but never a folder under the
+    target's name that looks complete. :meth:`commit` replaces the target only when the new
+    folder is complete, and an existing target only when ``overwrite`` is set.
     """
-    target = Path(output_dir).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        if not overwrite and (not target.is_dir() or any(target.iterdir())):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(f"{target} appeared while the edit ran; not overwritten")
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.target = Path(output_dir).resolve()
+        self.path = self.target.parent / f".{self.target.name}.partial"
+
+    def prepare(self, resume: bool) -> Path:
+        if not resume:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self.path
+
+    def commit(self, overwrite: bool) -> Path:
+        old = None
+        if self.target.exists():
+            if not overwrite and (not self.target.is_dir() or any(self.target.iterdir())):
+                raise FileExistsError(f"{self.target} appeared while the edit ran; not overwritten")
+            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
+            os.replace(self.target, old)
+        os.replace(self.path, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.target
+
+    def discard(self, keep_checkpoints: bool) -> None:
+        """After a failure: keep the folder only if it holds checkpoints worth resuming."""
+        if not (keep_checkpoints and any((self.path / "checkpoints").glob("*/state.json"))):
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def save_lora_files(folder: Path, pipe, *, lora_alpha: float, kohya_metadata: dict[str, str] | None) -> None:

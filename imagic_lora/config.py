@@ -53,8 +53,13 @@ class ImagicConfig:
     pretrained_vae_model_name_or_path: str | None = _field(
         None, "Optional replacement VAE (hub id or folder), e.g. an fp16-safe SDXL VAE.")
     # --- input -------------------------------------------------------------------------
-    input_image: str = _field("", "The image to edit (PNG/JPEG/WebP...).")
-    target_prompt: str = _field("", "The edit, written as a description of the wanted image.")
+    input_image: str | None = _field(
+        None, "The image to edit (PNG/JPEG/WebP...). Default: a bundled example photo.")
+    target_prompt: str | None = _field(
+        None, "The edit, written as a description of the wanted image. Default: the example's edit.")
+    manifest: str | None = _field(
+        None, "Many edits: a JSON Lines file of {id, image, target_prompt, optional overrides}.")
+    tedbench: str | None = _field(None, "Many edits: a TEdBench folder (input_list.json with img_name, target_text).")
     resolution: int | None = _field(
         None, "Square side the image is resized to; default: the model's native resolution.")
     resize_mode: str = _field(
@@ -62,7 +67,10 @@ class ImagicConfig:
         choices=("center_crop", "stretch"))
     # --- output ------------------------------------------------------------------------
     output_dir: str = _field("imagic-output", "Folder for the images and the edit artifact.")
-    overwrite: bool = _field(False, "Replace an existing artifact in --output_dir.")
+    overwrite: bool = _field(False, "Replace an existing artifact in --output_dir (manifest: redo finished jobs).")
+    resume: bool = _field(False, "Continue an interrupted run from its last checkpoint.")
+    checkpointing_steps: int = _field(50, "Step B: save a resumable checkpoint every this many steps (0: never).")
+    checkpoints_total_limit: int = _field(2, "Keep at most this many step-B checkpoints.")
     output_kohya_format: bool = _field(
         True, "Also write a kohya-format LoRA (AUTOMATIC1111, ComfyUI).")
     report_to: str | None = _field(None, "Log losses to this tracker (tensorboard).",
@@ -125,15 +133,21 @@ class ImagicConfig:
     def effective_lora_alpha(self) -> float:
         return float(self.rank if self.lora_alpha is None else self.lora_alpha)
 
-    def validate(self) -> "ImagicConfig":
-        """Check everything that can be checked without a model; raise ImagicInputError."""
+    def validate(self, check_image: bool = True) -> "ImagicConfig":
+        """Check everything that can be checked without a model; raise ImagicInputError.
+
+        ``check_image=False`` leaves the image to the job (a manifest's bad image fails its job only).
+        """
         from .images import check_image_file  # local: keeps `--help` free of PIL imports
 
-        if not self.input_image:
-            raise ImagicInputError("--input_image", "is required")
-        check_image_file(self.input_image, flag="--input_image")
-        if not self.target_prompt or not self.target_prompt.strip():
-            raise ImagicInputError("--target_prompt", "is empty; describe the wanted image")
+        if self.manifest and self.tedbench:
+            raise ImagicInputError("--manifest", "cannot be combined with --tedbench; give one job list")
+        if check_image:
+            if not self.input_image:
+                raise ImagicInputError("--input_image", "is required")
+            check_image_file(self.input_image, flag="--input_image")
+            if self.target_prompt is None or not self.target_prompt.strip():
+                raise ImagicInputError("--target_prompt", "is empty; describe the wanted image")
         if not self.etas:
             raise ImagicInputError("--etas", "is empty; give at least one value, e.g. --etas 0 0.7 1")
         for eta in self.etas:
@@ -142,11 +156,12 @@ class ImagicConfig:
         if not math.isfinite(self.recommended_eta):
             raise ImagicInputError("--recommended_eta", "is not a finite number")
         positive_ints = ("emb_train_steps", "max_train_steps", "train_batch_size", "rank", "num_seeds",
-                         "num_inference_steps", "gradient_accumulation_steps")
+                         "num_inference_steps", "gradient_accumulation_steps", "checkpointing_steps",
+                         "checkpoints_total_limit")
         for name in positive_ints:
             value = getattr(self, name)
-            # Zero steps is allowed for A and B: it is the paper's ablation.
-            minimum = 0 if name in ("emb_train_steps", "max_train_steps") else 1
+            # Zero steps is allowed for A and B (the paper's ablation) and for checkpoints (none).
+            minimum = 0 if name in ("emb_train_steps", "max_train_steps", "checkpointing_steps") else 1
             if value < minimum:
                 raise ImagicInputError(f"--{name}", f"must be >= {minimum}, got {value}")
         for name in ("emb_learning_rate", "learning_rate"):
@@ -161,6 +176,11 @@ class ImagicConfig:
             raise ImagicInputError("--resolution", f"must be a positive multiple of 8, got {self.resolution}")
         if self.guidance_scale < 0 or not math.isfinite(self.guidance_scale):
             raise ImagicInputError("--guidance_scale", f"must be >= 0, got {self.guidance_scale}")
+        if self.report_to == "tensorboard":
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                raise ImagicInputError("--report_to", "tensorboard is not installed (pip install tensorboard)") from None
         if self.enable_xformers_memory_efficient_attention:
             try:
                 import xformers  # noqa: F401
@@ -169,7 +189,10 @@ class ImagicConfig:
                     "--enable_xformers_memory_efficient_attention",
                     "xformers is not installed (pip install 'imagic-lora[xformers]'; CUDA only); "
                     "leave the flag off to use PyTorch SDPA") from None
-        check_output_dir(self.output_dir, overwrite=self.overwrite)
+        if check_image:  # a single edit: --output_dir is the artifact
+            check_output_dir(self.output_dir, overwrite=self.overwrite or self.resume)
+        else:  # many edits: --output_dir holds one artifact folder per job
+            check_writable(self.output_dir)
         return self
 
     def to_dict(self) -> dict:
@@ -179,16 +202,24 @@ class ImagicConfig:
 def check_output_dir(output_dir: str, overwrite: bool, flag: str = "--output_dir") -> None:
     """Refuse an output folder that would lose data or cannot be written."""
     path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise ImagicInputError(flag, f"{output_dir} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ImagicInputError(
             flag, f"{output_dir} already holds files; pass --overwrite to replace them or choose another folder")
-    parent = path.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ImagicInputError(flag, f"cannot write in {parent}")
+    check_writable(output_dir, flag)
+
+
+def check_writable(output_dir: str, flag: str = "--output_dir") -> None:
+    """The folder exists or can be created, and we may write in it (and beside it)."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ImagicInputError(flag, f"{output_dir} exists and is not a folder")
+    ancestor = path.resolve().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ImagicInputError(flag, f"cannot create {output_dir}: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ImagicInputError(flag, f"cannot write in {ancestor} (permission denied)")
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):

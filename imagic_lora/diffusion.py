@@ -11,6 +11,7 @@ models (SD 1.x, SD 2.x base) and v = sqrt(ᾱ_t)·ε − sqrt(1−ᾱ_t)·x for 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,17 +75,21 @@ def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptE
 
 def minimise(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds, optimizer, *, accelerator,
              steps: int, batch_size: int, generator: torch.Generator, weight_dtype: torch.dtype,
-             add_time_ids: torch.Tensor | None = None, desc: str = "", log_key: str = "loss") -> list[float]:
-    """The optimisation loop of steps A and B: ``steps`` optimiser steps on L; returns step losses.
+             add_time_ids: torch.Tensor | None = None, desc: str = "", start_step: int = 0,
+             on_step: Callable[[int, list[float]], None] | None = None,
+             log: Callable[[dict, int], None] | None = None) -> list[float]:
+    """The optimisation loop of steps A and B: optimiser steps ``start_step`` .. ``steps``-1 on L.
 
     What is trained is whatever ``optimizer`` holds (the embedding in A, the LoRA or UNet in B).
-    Each step averages ``accelerator.gradient_accumulation_steps`` batches of ``batch_size`` draws.
-    Losses stay on the device until the end (no host sync per step) except every 10th, shown
-    on the progress bar and logged to the tracker.
+    Each step averages ``accelerator.gradient_accumulation_steps`` batches of ``batch_size``
+    draws. Returns the losses of the steps run. Losses stay on the device (no host sync per
+    step) except every 10th, which is checked for NaN/inf, shown on the progress bar and passed
+    to ``log``. ``on_step(step, losses)`` runs after each step (checkpoints, interruption).
     """
     accumulation = accelerator.gradient_accumulation_steps
     losses: list[torch.Tensor] = []
-    progress = tqdm(range(steps), desc=desc, disable=not accelerator.is_local_main_process)
+    progress = tqdm(range(start_step, steps), desc=desc, initial=start_step, total=steps,
+                    disable=not accelerator.is_local_main_process)
     for step in progress:
         step_loss = torch.zeros((), device=latents.device)
         for _ in range(accumulation):
@@ -99,7 +104,19 @@ def minimise(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds,
         if step % 10 == 0 or step == steps - 1:
             value = float(step_loss)
             if not math.isfinite(value):
-                raise FloatingPointError(f"{desc}: the loss became {value} at step {step}")
+                raise NonFiniteLossError(desc, step, value)
             progress.set_postfix(loss=f"{value:.4f}")
-            accelerator.log({log_key: value}, step=step)
+            if log is not None:
+                log({f"{desc.split(':')[0]}/loss": value}, step)
+        if on_step is not None:
+            on_step(step, losses)
     return [float(v) for v in losses]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf: under fp16 this is overflow; bf16 or fp32 avoid it."""
+
+    def __init__(self, phase: str, step: int, value: float):
+        self.phase, self.step, self.value = phase, step, value
+        super().__init__(f"{phase}: the loss became {value} at step {step}; under --mixed_precision fp16 this is "
+                         "overflow: use --mixed_precision bf16 (Ampere or newer) or no, or lower the learning rate")

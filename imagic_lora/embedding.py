@@ -16,7 +16,7 @@ from .diffusion import minimise
 def optimize_embedding(unet, noise_scheduler, latents: torch.Tensor, e_tgt: PromptEmbeds, *, accelerator,
                        steps: int, learning_rate: float, batch_size: int, generator: torch.Generator,
                        weight_dtype: torch.dtype, add_time_ids: torch.Tensor | None = None,
-                       optimize_pooled: bool = True) -> tuple[PromptEmbeds, list[float]]:
+                       optimize_pooled: bool = True, on_step=None, log=None) -> tuple[PromptEmbeds, list[float]]:
     """Return e_opt (same shapes as ``e_tgt``, fp32, detached) and the loss of every step.
 
     ``latents`` is the input's latent (1, C, h, w). ``unet`` must be frozen: only the embedding
@@ -36,5 +36,5 @@ def optimize_embedding(unet, noise_scheduler, latents: torch.Tensor, e_tgt: Prom
     optimizer = accelerator.prepare(torch.optim.Adam(trainable, lr=learning_rate))
     losses = minimise(unet, noise_scheduler, latents, embeds, optimizer, accelerator=accelerator, steps=steps,
                       batch_size=batch_size, generator=generator, weight_dtype=weight_dtype,
-                      add_time_ids=add_time_ids, desc="A: embedding", log_key="A/loss")
+                      add_time_ids=add_time_ids, desc="A: embedding", on_step=on_step, log=log)
     return embeds.detach(), losses

@@ -9,6 +9,8 @@ same for both: only the list of trainable parameters differs.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from .conditioning import PromptEmbeds
 from .diffusion import minimise
@@ -22,32 +24,37 @@ def full_finetune_parameters(unet) -> list[torch.nn.Parameter]:
 
 
 def make_optimizer(params: list[torch.nn.Parameter], *, learning_rate: float, use_8bit_adam: bool,
-                   weight_decay: float) -> torch.optim.Optimizer:
-    """bitsandbytes AdamW8bit (optimiser state in 8 bits: 4x less than fp32 Adam) or torch AdamW."""
+                   weight_decay: float, accelerator=None):
+    """bitsandbytes AdamW8bit (optimiser state in 8 bits: 4x less than fp32 Adam) or torch AdamW,
+    passed through ``accelerator.prepare`` when given (gradient scaling under fp16)."""
     if use_8bit_adam:
         try:
             import bitsandbytes as bnb
         except ImportError:
             raise ImportError("--use_8bit_adam needs bitsandbytes (pip install bitsandbytes), "
                               "or pass --no-use_8bit_adam") from None
-        return bnb.optim.AdamW8bit(params, lr=learning_rate, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+        optimizer = bnb.optim.AdamW8bit(params, lr=learning_rate, weight_decay=weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    return accelerator.prepare(optimizer) if accelerator is not None else optimizer
 
 
-def finetune(unet, noise_scheduler, latents: torch.Tensor, e_opt: PromptEmbeds, params: list[torch.nn.Parameter],
-             *, accelerator, steps: int, learning_rate: float, batch_size: int, use_8bit_adam: bool,
-             weight_decay: float, generator: torch.Generator, weight_dtype: torch.dtype,
-             add_time_ids: torch.Tensor | None = None) -> list[float]:
-    """Train ``params`` (a LoRA's, or the whole UNet's) under L(x, e_opt, θ); return step losses.
+def finetune(unet, noise_scheduler, latents: torch.Tensor, e_opt: PromptEmbeds, optimizer, *, accelerator,
+             steps: int, batch_size: int, generator: torch.Generator, weight_dtype: torch.dtype,
+             add_time_ids: torch.Tensor | None = None, start_step: int = 0,
+             on_step: Callable[[int, list[float]], None] | None = None,
+             log: Callable[[dict, int], None] | None = None) -> list[float]:
+    """Train what ``optimizer`` holds (a LoRA's or the whole UNet's parameters, see
+    :func:`make_optimizer`) under L(x, e_opt, θ); return the losses of steps ``start_step``..``steps``-1.
 
-    ``latents`` (1, C, h, w) fp32; ``e_opt`` is used detached (frozen). Only ``params`` change;
-    every other UNet weight stays bitwise equal.
+    ``latents`` (1, C, h, w) fp32; ``e_opt`` is used detached (frozen). Only the optimiser's
+    parameters change; every other UNet weight stays bitwise equal.
     """
-    optimizer = accelerator.prepare(make_optimizer(params, learning_rate=learning_rate,
-                                                   use_8bit_adam=use_8bit_adam, weight_decay=weight_decay))
     unet.train()
-    losses = minimise(unet, noise_scheduler, latents, e_opt.detach(), optimizer, accelerator=accelerator,
-                      steps=steps, batch_size=batch_size, generator=generator, weight_dtype=weight_dtype,
-                      add_time_ids=add_time_ids, desc="B: fine-tune", log_key="B/loss")
-    unet.eval()
-    return losses
+    try:
+        return minimise(unet, noise_scheduler, latents, e_opt.detach(), optimizer, accelerator=accelerator,
+                        steps=steps, batch_size=batch_size, generator=generator, weight_dtype=weight_dtype,
+                        add_time_ids=add_time_ids, desc="B: fine-tune", start_step=start_step, on_step=on_step,
+                        log=log)
+    finally:
+        unet.eval()

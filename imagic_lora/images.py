@@ -20,11 +20,12 @@ from .errors import ImagicInputError
 
 logger = logging.getLogger(__name__)
 
-#: Refuse images above this many pixels (PIL's own bomb limit is 89M pixels with a warning only).
-MAX_IMAGE_PIXELS = 64_000_000
+#: Refuse images that declare more pixels than this (a 150-megapixel photo is 450 MB decoded).
+#: The check reads the header only, before anything is decoded.
+MAX_IMAGE_PIXELS = 150_000_000
 
 
-def _open(path: str | Path, flag: str) -> Image.Image:
+def _open(path: str | Path, flag: str, draft_size: int | None = None) -> Image.Image:
     path = Path(path)
     if not path.exists():
         raise ImagicInputError(flag, f"{path} does not exist")
@@ -32,17 +33,22 @@ def _open(path: str | Path, flag: str) -> Image.Image:
         raise ImagicInputError(flag, f"{path} is a folder, not an image file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             image = Image.open(path)
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise ImagicInputError(
                     flag, f"{path} declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed")
+            if draft_size and image.format == "JPEG":
+                # Decode a large JPEG at the smallest scale (1/2, 1/4, 1/8) still >= draft_size.
+                image.draft("RGB", (draft_size, draft_size))
             image.load()  # decodes the whole file: truncated or corrupt data fails here
     except ImagicInputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImagicInputError(flag, f"{path} is not a readable image ({type(e).__name__})") from None
+    except Image.DecompressionBombError:
+        raise ImagicInputError(flag, f"{path} declares more than the {MAX_IMAGE_PIXELS:,} pixels allowed") from None
+    except UnidentifiedImageError:
+        raise ImagicInputError(flag, f"{path} is not a readable image (unknown format)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImagicInputError(flag, f"{path} is not a readable image: {e}") from None
     return image
@@ -72,7 +78,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def load_image(path: str | Path, resolution: int, resize_mode: str = "center_crop",
                flag: str = "--input_image") -> Image.Image:
     """Read an image file and return it as the square RGB ``resolution``² image the model sees."""
-    image = _open(path, flag)
+    image = _open(path, flag, draft_size=2 * resolution)
     image = ImageOps.exif_transpose(image)
     image = to_rgb(image)
     return square_resize(image, resolution, resize_mode)

@@ -4,15 +4,19 @@
     accelerate launch scripts/imagic_lora.py \\
         --input_image photo.jpg --target_prompt "a photo of a sitting dog" --output_dir out/
 
-The recipe, top to bottom: parse -> Accelerator -> load -> A (optimise the text embedding)
--> B (fine-tune a LoRA so that embedding reproduces the image) -> C (generate along
-η·e_tgt + (1−η)·e_opt) -> save the edit artifact. Everything lands in a temporary folder
-that replaces --output_dir only once it is complete.
+The recipe, top to bottom: parse -> Accelerator -> load -> for each edit: A (optimise the text
+embedding) -> B (fine-tune a LoRA so that embedding reproduces the image) -> C (generate along
+η·e_tgt + (1−η)·e_opt) -> save the edit artifact. An edit is built in a hidden folder beside its
+--output_dir (with checkpoints for --resume) and renamed into place only when complete.
+
+Many edits (--manifest, --tedbench) are split between the processes `accelerate launch` starts;
+each process runs whole, independent edits on its own copy of the model (no DDP).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 import platform
 import sys
@@ -22,137 +26,185 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import ProjectConfiguration  # noqa: E402
 
 from imagic_lora import __version__  # noqa: E402
 from imagic_lora.artifact import (  # noqa: E402
-    CONFIG_NAME, atomic_output_dir, save_embeds, save_full_unet, save_lora_files, write_json, write_model_card)
-from imagic_lora.conditioning import encode_prompt, is_sdxl, sdxl_time_ids  # noqa: E402
+    CONFIG_NAME, StagedOutput, save_embeds, save_full_unet, save_lora_files, write_json, write_model_card)
+from imagic_lora.checkpoint import CheckpointStore  # noqa: E402
+from imagic_lora.conditioning import PromptEmbeds, encode_prompt, interpolate, is_sdxl, sdxl_time_ids  # noqa: E402
 from imagic_lora.config import ImagicConfig, parse_args  # noqa: E402
-from imagic_lora.diffusion import encode_image_latents  # noqa: E402
+from imagic_lora.diffusion import NonFiniteLossError, encode_image_latents  # noqa: E402
 from imagic_lora.embedding import optimize_embedding  # noqa: E402
 from imagic_lora.errors import ImagicInputError  # noqa: E402
-from imagic_lora.finetune import finetune, full_finetune_parameters  # noqa: E402
-from imagic_lora.generate import generate_sweep, image_name  # noqa: E402
+from imagic_lora.finetune import finetune, full_finetune_parameters, make_optimizer  # noqa: E402
+from imagic_lora.generate import generate_image, image_name  # noqa: E402
 from imagic_lora.images import contact_sheet, load_image, pil_to_tensor  # noqa: E402
+from imagic_lora.interrupt import Interrupted, StopFlag  # noqa: E402
+from imagic_lora.jobs import Job, is_complete, read_manifest, read_tedbench, write_summary  # noqa: E402
 from imagic_lora.lora import add_lora, architecture_of, kohya_metadata  # noqa: E402
 from imagic_lora.metrics import peak_memory, reset_peak_memory, timed  # noqa: E402
 from imagic_lora.models import (  # noqa: E402
-    inference_scheduler, load_pipeline, load_tokenizer_and_vocabulary, native_resolution, set_attention,
-    training_noise_scheduler, weight_dtype_for)
+    inference_scheduler, load_pipeline, load_tokenizer_and_vocabulary, model_family, native_resolution,
+    set_attention, training_noise_scheduler, weight_dtype_for)
 from imagic_lora.vocabulary import unknown_words  # noqa: E402
 
 logger = logging.getLogger("imagic_lora")
 
+#: Settings that do not change what an edit computes: a checkpoint made under other values resumes.
+RESUMABLE_DIFFERENCES = {"overwrite", "resume", "checkpointing_steps", "checkpoints_total_limit", "report_to",
+                         "manifest", "tedbench"}
 
-def check_inputs(cfg: ImagicConfig) -> None:
+
+# ---- 1. parse and check ----------------------------------------------------------------------
+
+def plan_jobs(cfg: ImagicConfig) -> list[Job]:
+    """The edits of this run: a manifest's or TEdBench's, or the one of --input_image."""
+    if cfg.manifest:
+        return read_manifest(cfg.manifest)
+    if cfg.tedbench:
+        return read_tedbench(cfg.tedbench)
+    return [Job(None, cfg.input_image or "", cfg.target_prompt if cfg.target_prompt is not None else "")]
+
+
+def check_inputs(cfg: ImagicConfig, jobs: list[Job]) -> None:
     """Everything checkable before the weights load: files, numbers, output folder, vocabulary."""
-    cfg.validate()
-    from imagic_lora.models import model_family
+    single = jobs[0].id is None
+    cfg.validate(check_image=single)
+    for job in jobs[1:] if single else jobs:
+        job.config(cfg).validate(check_image=False)
     model_family(cfg.pretrained_model_name_or_path, cfg.revision)  # a readable diffusers folder or hub id
     tokenizer, vocabulary = load_tokenizer_and_vocabulary(cfg.pretrained_model_name_or_path, cfg.revision)
-    unknown = unknown_words(tokenizer, cfg.target_prompt, vocabulary)
-    if unknown:
-        known = f"; it knows: {' '.join(sorted(vocabulary))}" if vocabulary else ""
-        raise ImagicInputError("--target_prompt", f"the model does not know {', '.join(map(repr, unknown))}{known}")
-    length = len(tokenizer(cfg.target_prompt).input_ids)
-    if length > tokenizer.model_max_length:
-        kept = tokenizer.decode(tokenizer(cfg.target_prompt).input_ids[1:tokenizer.model_max_length - 1])
-        logger.warning("--target_prompt is %d tokens; the text encoder reads %d, so it is cut after: %r",
-                       length, tokenizer.model_max_length, kept)
+    for job in jobs:
+        where = "--target_prompt" if single else "--manifest"
+        prefix = "" if single else f"job {job.id}: "
+        if not job.target_prompt.strip():
+            raise ImagicInputError(where, f"{prefix}the target prompt is empty")
+        unknown = unknown_words(tokenizer, job.target_prompt, vocabulary)
+        if unknown:
+            known = f"; it knows: {' '.join(sorted(vocabulary))}" if vocabulary else ""
+            raise ImagicInputError(where, f"{prefix}the model does not know {', '.join(map(repr, unknown))}{known}")
+        ids = tokenizer(job.target_prompt).input_ids
+        if len(ids) > tokenizer.model_max_length:
+            kept = tokenizer.decode(ids[1:tokenizer.model_max_length - 1])
+            logger.warning("%s%s is %d tokens; the text encoder reads %d, so it is cut after: %r", prefix,
+                           where, len(ids), tokenizer.model_max_length, kept)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(name)s: %(message)s", level=logging.INFO)
-    # ---- 1. parse and check, before any model loads -------------------------------------
-    cfg = parse_args(argv)
-    try:
-        check_inputs(cfg)
-    except ImagicInputError as e:
-        print(f"imagic_lora: error: {e}", file=sys.stderr)
-        return 2
+# ---- one edit: A, B, C, save ------------------------------------------------------------------
 
+def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, stop: StopFlag) -> dict:
+    """Run one edit into ``cfg.output_dir``; return its record (what imagic_config.json holds)."""
+    device = accelerator.device
+    weight_dtype = weight_dtype_for(accelerator.mixed_precision)
+    unet = pipe.unet
+    stage = StagedOutput(cfg.output_dir)
+    out = stage.prepare(resume=cfg.resume)
+    store = CheckpointStore(out / "checkpoints", cfg.checkpoints_total_limit)
+    check_resumable(store, cfg)
+    tracker = None
+    if cfg.report_to == "tensorboard":  # per edit, on whichever process runs it
+        from torch.utils.tensorboard import SummaryWriter
+        tracker = SummaryWriter(str(out / "logs"))
+        tracker.add_text("config", json.dumps(cfg.to_dict(), indent=1))
+    log = (lambda values, step: [tracker.add_scalar(k, v, step) for k, v in values.items()]) if tracker else None
     timings: dict[str, float] = {}
-    with atomic_output_dir(cfg.output_dir, overwrite=cfg.overwrite) as out:
-        # ---- 2. Accelerator: device, mixed precision, trackers --------------------------
-        accelerator = Accelerator(
-            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            log_with=cfg.report_to, project_config=ProjectConfiguration(project_dir=str(out),
-                                                                        logging_dir=str(out / "logs")))
-        device = accelerator.device
-        if cfg.report_to:
-            accelerator.init_trackers("imagic_lora", config={k: str(v) for k, v in cfg.to_dict().items()})
-        if cfg.allow_tf32 and torch.cuda.is_available():
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        reset_peak_memory(device)
-        # Frozen weights in the reduced dtype; trainable tensors and losses stay fp32.
-        weight_dtype = weight_dtype_for(accelerator.mixed_precision)
-
-        # ---- 3. load the base model --------------------------------------------------------
-        with timed(timings, "load", device):
-            pipe = load_pipeline(cfg.pretrained_model_name_or_path, revision=cfg.revision, variant=cfg.variant,
-                                 weight_dtype=weight_dtype, vae_model_name_or_path=cfg.pretrained_vae_model_name_or_path)
-            unet = pipe.unet.to(device)
-            attention = set_attention(unet, cfg.enable_xformers_memory_efficient_attention)
-            if cfg.gradient_checkpointing:
-                unet.enable_gradient_checkpointing()
-            noise_scheduler = training_noise_scheduler(pipe)
+    reset_peak_memory(device)
+    try:
+        # The image and the target text, encoded once; the text encoder(s) and the VAE then
+        # leave the accelerator for A and B.
+        with timed(timings, "encode", device):
             resolution = cfg.resolution or native_resolution(pipe)
             image = load_image(cfg.input_image, resolution, cfg.resize_mode)
-            # The text encoder(s) and the VAE run once here, then leave the accelerator for A and B.
-            pipe.text_encoder.to(device)
-            if is_sdxl(pipe):
-                pipe.text_encoder_2.to(device)
+            encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
+            for module in encoders + [pipe.vae]:
+                module.to(device)
             e_tgt = encode_prompt(pipe, cfg.target_prompt, device)
-            pipe.vae.to(device)
-            latents = encode_image_latents(pipe.vae, pil_to_tensor(image))
-            for module in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.vae):
-                if module is not None:
-                    module.to("cpu")
+            latents = encode_image_latents(pipe.vae, pil_to_tensor(image))  # (1, C, h, w) fp32
+            for module in encoders + [pipe.vae]:
+                module.to("cpu")
             add_time_ids = sdxl_time_ids(resolution).to(device) if is_sdxl(pipe) else None
 
-        # ---- 4. step A: optimise the embedding, the UNet frozen ----------------------------
+        # ---- A: optimise the embedding, the UNet frozen ----
         with timed(timings, "A", device):
-            e_opt, losses_a = optimize_embedding(
-                unet, noise_scheduler, latents, e_tgt, accelerator=accelerator, steps=cfg.emb_train_steps,
-                learning_rate=cfg.emb_learning_rate, batch_size=cfg.train_batch_size,
-                generator=torch.Generator().manual_seed(cfg.seed), weight_dtype=weight_dtype,
-                add_time_ids=add_time_ids)
+            if store.has("phase-A"):
+                state = store.load("phase-A")
+                e_opt = PromptEmbeds(state["prompt_embeds"].to(device), _opt(state["pooled_prompt_embeds"], device))
+                losses_a = state["losses"]
+            else:
+                e_opt, losses_a = optimize_embedding(
+                    unet, noise_scheduler, latents, e_tgt, accelerator=accelerator, steps=cfg.emb_train_steps,
+                    learning_rate=cfg.emb_learning_rate, batch_size=cfg.train_batch_size,
+                    generator=torch.Generator().manual_seed(cfg.seed), weight_dtype=weight_dtype,
+                    add_time_ids=add_time_ids, on_step=lambda step, losses: stop.check(), log=log)
+                store.save("phase-A", {"prompt_embeds": e_opt.prompt_embeds,
+                                       "pooled_prompt_embeds": e_opt.pooled_prompt_embeds, "losses": losses_a})
 
-        # ---- 5. step B: fine-tune (LoRA by default) so that e_opt reproduces the image ------
+        # ---- B: fine-tune (LoRA by default) so that e_opt reproduces the image ----
         with timed(timings, "B", device):
             if cfg.full_finetune:
                 params = full_finetune_parameters(unet)
             else:
                 params = add_lora(unet, rank=cfg.rank, alpha=cfg.effective_lora_alpha,
                                   target_modules=cfg.lora_target_module_list, seed=cfg.seed)
+            trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
+            optimizer = make_optimizer(params, learning_rate=cfg.learning_rate, use_8bit_adam=cfg.use_8bit_adam,
+                                       weight_decay=cfg.adam_weight_decay, accelerator=accelerator)
+            generator_b = torch.Generator().manual_seed(cfg.seed + 1)
+            start, losses_b = 0, []
+            if latest := store.latest_b():
+                state = store.load(latest)
+                with torch.no_grad():
+                    for name, value in state["params"].items():
+                        trainable[name].copy_(value)
+                optimizer.load_state_dict(state["optimizer"])
+                generator_b.set_state(state["generator"])
+                start, losses_b = state["step"], state["losses"]
+                logger.info("resuming step B at step %d of %d from %s", start, cfg.max_train_steps, latest)
+
+            def checkpoint_b(step: int, new_losses: list) -> None:
+                done = step + 1
+                if (stop.requested or done == cfg.max_train_steps
+                        or (cfg.checkpointing_steps and done % cfg.checkpointing_steps == 0)):
+                    store.save(f"B-step-{done:06d}", {
+                        "step": done, "losses": losses_b + [float(v) for v in new_losses],
+                        "params": {n: p.detach() for n, p in trainable.items()},
+                        "optimizer": optimizer.state_dict(), "generator": generator_b.get_state()})
+                stop.check()
+
+            losses_b += finetune(unet, noise_scheduler, latents, e_opt, optimizer, accelerator=accelerator,
+                                 steps=cfg.max_train_steps, batch_size=cfg.train_batch_size, generator=generator_b,
+                                 weight_dtype=weight_dtype, add_time_ids=add_time_ids, start_step=start,
+                                 on_step=checkpoint_b, log=log)
             n_trainable = sum(p.numel() for p in params)
-            losses_b = finetune(
-                unet, noise_scheduler, latents, e_opt, params, accelerator=accelerator, steps=cfg.max_train_steps,
-                learning_rate=cfg.learning_rate, batch_size=cfg.train_batch_size, use_8bit_adam=cfg.use_8bit_adam,
-                weight_decay=cfg.adam_weight_decay, generator=torch.Generator().manual_seed(cfg.seed + 1),
-                weight_dtype=weight_dtype, add_time_ids=add_time_ids)
             if cfg.full_finetune:
                 unet.to(dtype=weight_dtype)  # what is saved, and what generates, is the weight dtype
-            del params
+            del params, trainable, optimizer
         train_memory = peak_memory(device)
 
-        # ---- 6. step C: generate along the interpolation ------------------------------------
+        # ---- C: generate along the interpolation (images already there from a resumed run stay) ----
         with timed(timings, "C", device):
             pipe.to(device)
             pipe.scheduler = inference_scheduler(pipe, cfg.scheduler)
-            images = generate_sweep(pipe, e_tgt, e_opt, etas=cfg.etas, seeds=cfg.seeds,
-                                    guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.num_inference_steps,
-                                    resolution=resolution, show_progress=accelerator.is_local_main_process)
+            (out / "images").mkdir(exist_ok=True)
+            images = {}
+            for eta in cfg.etas:
+                for seed in cfg.seeds:
+                    path = out / "images" / image_name(eta, seed)
+                    if not path.is_file():
+                        generate_image(pipe, interpolate(e_tgt, e_opt, eta), seed=seed,
+                                       guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.num_inference_steps,
+                                       resolution=resolution).save(path)
+                    images[(eta, seed)] = path
+                    stop.check()
+            for module in encoders + [pipe.vae]:
+                module.to("cpu")
 
-        # ---- 7. save the artifact and the images ---------------------------------------------
+        # ---- save the artifact ----
         with timed(timings, "save", device):
-            (out / "images").mkdir()
+            from PIL import Image
             image.save(out / "images" / "input.png")
-            for (eta, seed), picture in images.items():
-                picture.save(out / "images" / image_name(eta, seed))
-            contact_sheet(image, images, cfg.etas, cfg.seeds).save(out / "images" / "grid.png")
+            contact_sheet(image, {k: Image.open(v) for k, v in images.items()}, cfg.etas, cfg.seeds).save(
+                out / "images" / "grid.png")
             architecture = architecture_of(pipe)
             if cfg.full_finetune:
                 save_full_unet(out, unet, weight_dtype)
@@ -178,23 +230,180 @@ def main(argv: list[str] | None = None) -> int:
             "lora_alpha_used": cfg.effective_lora_alpha,
             "lora_target_module_list": cfg.lora_target_module_list,
             "trainable_parameters": n_trainable,
-            "attention": attention,
+            "attention": "xformers" if cfg.enable_xformers_memory_efficient_attention else "sdpa",
             "weight_dtype": str(weight_dtype).replace("torch.", ""),
             "mixed_precision": accelerator.mixed_precision,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "loss_A": {"first": losses_a[0] if losses_a else None, "last": losses_a[-1] if losses_a else None},
             "loss_B": {"first": losses_b[0] if losses_b else None, "last": losses_b[-1] if losses_b else None},
+            "resumed_from_step_B": start or None,
             "wall_time_s": {k: round(v, 3) for k, v in timings.items()},
             "memory_during_training": train_memory,
             "memory": peak_memory(device),
             "versions": library_versions(),
         }
-        write_json(out / CONFIG_NAME, record)
         write_model_card(out, record)
-        accelerator.end_training()
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        write_json(out / CONFIG_NAME, record)  # last: the marker of a complete artifact
+        if tracker:
+            tracker.close()
+            tracker = None
+        stage.commit(overwrite=cfg.overwrite)
+        return record
+    except BaseException as error:
+        if tracker:
+            tracker.close()
+        stage.discard(keep_checkpoints=isinstance(error, (Interrupted, KeyboardInterrupt)) or store.latest_b())
+        raise
 
-    print_summary(cfg, timings, record)
-    return 0
+
+def _opt(tensor, device):
+    return None if tensor is None else tensor.to(device)
+
+
+def check_resumable(store: CheckpointStore, cfg: ImagicConfig) -> None:
+    """Refuse to resume checkpoints made with settings that change the result."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_DIFFERENCES}
+    run_file = store.root / "run.json"
+    if run_file.is_file():
+        before = json.loads(run_file.read_text())
+        changed = sorted(k for k in settings if before.get(k) != json.loads(json.dumps(settings[k])))
+        if changed:
+            raise ImagicInputError("--resume", f"the checkpoint in {store.root.parent} was made with other "
+                                               f"settings ({', '.join('--' + k for k in changed)}); drop --resume "
+                                               "to start over")
+    store.root.mkdir(parents=True, exist_ok=True)
+    write_json(run_file, settings)
+
+
+def reset_unet(pipe, base_state: dict | None, weight_dtype: torch.dtype) -> None:
+    """Between edits: drop the LoRA, or restore the base weights a full fine-tune changed."""
+    unet = pipe.unet
+    if getattr(unet, "peft_config", None):
+        unet.unload_lora()
+    if base_state is not None:
+        unet.to(dtype=weight_dtype)
+        unet.load_state_dict(base_state)
+    unet.requires_grad_(False)
+    unet.eval()
+
+
+def failure_message(error: BaseException) -> str:
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return ("CUDA out of memory; levers that fit a smaller card: --gradient_checkpointing, --use_8bit_adam, "
+                "a lower --rank, a lower --resolution, --train_batch_size 1 with --gradient_accumulation_steps, "
+                "--mixed_precision fp16/bf16")
+    return str(error) if isinstance(error, (ImagicInputError, NonFiniteLossError)) else \
+        f"{type(error).__name__}: {error}"
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(name)s: %(message)s", level=logging.INFO)
+    # ---- 1. parse and check, before any model loads ----
+    cfg = parse_args(argv)
+    try:
+        jobs = plan_jobs(cfg)
+        check_inputs(cfg, jobs)
+    except ImagicInputError as e:
+        print(f"imagic_lora: error: {e}", file=sys.stderr)
+        return 2
+    many = jobs[0].id is not None
+    if not many and cfg.resume and is_complete(cfg.output_dir):
+        print(f"imagic_lora: {cfg.output_dir} is already complete; nothing to resume")
+        return 0
+
+    # ---- 2. Accelerator: the device, mixed precision; each process takes its share of the jobs ----
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    stop = StopFlag().install()
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # Frozen weights in the reduced dtype; trainable tensors and losses stay fp32.
+    weight_dtype = weight_dtype_for(accelerator.mixed_precision)
+
+    # ---- 3. load the base model, once per process ----
+    load_timing: dict[str, float] = {}
+    with timed(load_timing, "model_load", accelerator.device):
+        pipe = load_pipeline(cfg.pretrained_model_name_or_path, revision=cfg.revision, variant=cfg.variant,
+                             weight_dtype=weight_dtype,
+                             vae_model_name_or_path=cfg.pretrained_vae_model_name_or_path)
+        pipe.unet.to(accelerator.device)
+    set_attention(pipe.unet, cfg.enable_xformers_memory_efficient_attention)
+    if cfg.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    noise_scheduler = training_noise_scheduler(pipe)
+    # A full fine-tune changes the base weights: keep a copy to restore between edits.
+    base_state = ({k: v.detach().to("cpu", copy=True) for k, v in pipe.unet.state_dict().items()}
+                  if cfg.full_finetune and len(jobs) > 1 else None)
+
+    # ---- 4. the edits: A, B, C, save each ----
+    rows, interrupted = [], None
+    with accelerator.split_between_processes(jobs) as my_jobs:
+        for job in my_jobs:
+            job_cfg = job.config(cfg)
+            row = {"id": job.id, "input_image": job.input_image, "target_prompt": job.target_prompt,
+                   "output_dir": job_cfg.output_dir, "status": "ok", "error": None,
+                   "model_load_s": round(load_timing["model_load"], 3)}
+            if many and is_complete(job_cfg.output_dir) and not cfg.overwrite:
+                done = json.loads((Path(job_cfg.output_dir) / CONFIG_NAME).read_text())
+                rows.append({**row, **summary_fields(done), "status": "skipped (complete)"})
+                continue
+            try:
+                if many:
+                    job_cfg.validate(check_image=True)
+                record = edit(job_cfg, pipe, accelerator, noise_scheduler, stop)
+                rows.append({**row, **summary_fields(record)})
+            except Interrupted as e:
+                interrupted = e.signum
+                rows.append({**row, "status": "interrupted", "error": "interrupted; rerun with --resume"})
+                print(f"imagic_lora: interrupted; the checkpoint is saved: rerun the same command with --resume",
+                      file=sys.stderr)
+                break
+            except Exception as e:  # one edit's failure is recorded; the run goes on
+                if not many and not isinstance(e, (ImagicInputError, NonFiniteLossError,
+                                                   torch.cuda.OutOfMemoryError)):
+                    raise
+                rows.append({**row, "status": "failed", "error": failure_message(e)})
+                print(f"imagic_lora: error: {job.id + ': ' if many else ''}{failure_message(e)}", file=sys.stderr)
+            finally:
+                reset_unet(pipe, base_state, weight_dtype)
+
+    # ---- 5. report ----
+    if many:
+        rows = gather_rows(accelerator, cfg.output_dir, rows, [job.id for job in jobs])
+    if accelerator.is_main_process:
+        print_summary(cfg, rows, many)
+    if interrupted:
+        return 128 + interrupted
+    return 1 if any(row["status"] == "failed" for row in rows) else 0
+
+
+def summary_fields(record: dict) -> dict:
+    timings = record.get("wall_time_s", {})
+    memory = record.get("memory", {})
+    return {"recommended_eta": record.get("recommended_eta"),
+            **{f"wall_time_{k}_s": timings.get(k) for k in ("encode", "A", "B", "C", "save")},
+            "peak_memory_gib": memory.get("peak_allocated_gib", memory.get("peak_rss_gib"))}
+
+
+def gather_rows(accelerator: Accelerator, output_dir: str, rows: list[dict], order: list[str]) -> list[dict]:
+    """Every process's rows, merged on the main process into summary.jsonl/.csv in job order."""
+    part = Path(output_dir) / f".summary.rank{accelerator.process_index}.json"
+    part.write_text(json.dumps(rows))
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return rows
+    merged = []
+    for rank in range(accelerator.num_processes):
+        path = Path(output_dir) / f".summary.rank{rank}.json"
+        merged += json.loads(path.read_text())
+        path.unlink()
+    merged.sort(key=lambda row: order.index(row["id"]))
+    write_summary(output_dir, merged)
+    return merged
 
 
 def library_versions() -> dict[str, str]:
@@ -208,16 +417,23 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def print_summary(cfg: ImagicConfig, timings: dict[str, float], record: dict) -> None:
-    phases = " | ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
-    memory = record["memory"]
-    mem = ", ".join(f"{k.replace('_gib', '')} {v:.2f} GiB" for k, v in memory.items())
-    print(f"\nimagic_lora: done in {sum(timings.values()):.1f} s ({phases}); memory: {mem}")
-    print(f"imagic_lora: loss A {record['loss_A']['first']} -> {record['loss_A']['last']}, "
-          f"B {record['loss_B']['first']} -> {record['loss_B']['last']}")
+def print_summary(cfg: ImagicConfig, rows: list[dict], many: bool) -> None:
+    if many:
+        counts = {}
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        print(f"\nimagic_lora: {len(rows)} edits: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+              + f"; summary in {Path(cfg.output_dir) / 'summary.csv'}")
+        return
+    row = rows[0]
+    if row["status"] != "ok":
+        return
+    phases = " | ".join(f"{k} {row[f'wall_time_{k}_s']:.1f} s" for k in ("encode", "A", "B", "C", "save"))
+    total = sum(row[f"wall_time_{k}_s"] for k in ("encode", "A", "B", "C", "save"))
+    print(f"\nimagic_lora: edit done in {total:.1f} s after {row['model_load_s']:.1f} s of model loading "
+          f"({phases}); peak memory {row['peak_memory_gib']:.2f} GiB")
     print(f"imagic_lora: images in {Path(cfg.output_dir) / 'images'} (contact sheet: grid.png); "
-          f"artifact in {cfg.output_dir}; recommended eta {cfg.recommended_eta}")
-    print(json.dumps({"wall_time_s": record["wall_time_s"]}))
+          f"artifact in {cfg.output_dir}; recommended eta {row['recommended_eta']}")
 
 
 if __name__ == "__main__":

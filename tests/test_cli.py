@@ -41,7 +41,7 @@ def launched(tiny_sd, input_png, tmp_path_factory):
     """One real `accelerate launch` of the script, as a user runs it."""
     out = tmp_path_factory.mktemp("launch") / "edit"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_cpu_threads_per_process", "2",
+           str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_cpu_threads_per_process", os.environ.get("OMP_NUM_THREADS", "2"),
            str(ROOT / "scripts" / "imagic_lora.py"), "--pretrained_model_name_or_path", str(tiny_sd),
            "--input_image", str(input_png), "--target_prompt", "a large blue square on a gray background",
            "--output_dir", str(out), "--report_to", "tensorboard", *FAST]
@@ -79,7 +79,7 @@ def test_launch_writes_the_whole_artifact(launched):
     assert embeds["target_prompt_embeds"].shape == (1, 77, 32)
     card = (out / "README.md").read_text()
     assert "load_lora_weights" in card and "prompt_embeds" in card
-    assert "imagic_lora: done in" in proc.stdout
+    assert "imagic_lora: edit done in" in proc.stdout
     # Nothing temporary is left beside the output.
     assert [p.name for p in out.parent.iterdir()] == ["edit"]
 

@@ -109,20 +109,20 @@ def test_overwrite_replaces_the_artifact_whole(tiny_sd, input_png, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_a_failing_run_leaves_nothing_half_written(tiny_sd, input_png, tmp_path, monkeypatch):
-    from test_cli import run_inprocess
-    import imagic_lora.generate as generate
-
+def test_a_crash_leaves_no_artifact_only_resumable_checkpoints(tiny_sd, input_png, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash in step C")
     script = load_script()
-    monkeypatch.setattr(script, "generate_sweep", boom)
+    monkeypatch.setattr(script, "generate_image", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         script.main(["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
                      "--target_prompt", "a red circle", "--output_dir", str(tmp_path / "out"),
-                     "--emb_train_steps", "1", "--max_train_steps", "1"])
-    assert list(tmp_path.iterdir()) == []
-    assert generate.generate_sweep is not boom
+                     "--emb_train_steps", "1", "--max_train_steps", "2"])
+    # No folder under the output's name; the hidden partial folder keeps only what --resume needs.
+    assert [p.name for p in tmp_path.iterdir()] == [".out.partial"]
+    partial = tmp_path / ".out.partial"
+    assert not (partial / "imagic_config.json").exists()
+    assert sorted(p.name for p in (partial / "checkpoints").iterdir()) == ["B-step-000002", "phase-A", "run.json"]
 
 
 def test_help_has_one_line_for_every_flag(capsys):

@@ -11,7 +11,7 @@ from conftest import fixed_draw_loss
 from imagic_lora.conditioning import PromptEmbeds, encode_prompt, interpolate
 from imagic_lora.diffusion import denoising_loss, encode_image_latents, prediction_target
 from imagic_lora.embedding import optimize_embedding
-from imagic_lora.finetune import finetune, full_finetune_parameters
+from imagic_lora.finetune import finetune, full_finetune_parameters, make_optimizer
 from imagic_lora.images import load_image, pil_to_tensor
 from imagic_lora.lora import add_lora
 from imagic_lora.models import load_pipeline, native_resolution, training_noise_scheduler
@@ -66,9 +66,11 @@ def test_step_b_changes_only_lora_and_lowers_loss(setup, use_8bit_adam):
     assert all(p.dtype == torch.float32 for p in params)
     lora_before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if p.requires_grad}
     loss_before = fixed_draw_loss(pipe.unet, scheduler, latents, e_tgt)
-    losses = finetune(pipe.unet, scheduler, latents, e_tgt, params, accelerator=Accelerator(cpu=True), steps=40,
-                      learning_rate=1e-2, batch_size=4, use_8bit_adam=use_8bit_adam, weight_decay=0.0,
-                      generator=torch.Generator().manual_seed(0), weight_dtype=torch.float32)
+    accelerator = Accelerator(cpu=True)
+    optimizer = make_optimizer(params, learning_rate=1e-2, use_8bit_adam=use_8bit_adam, weight_decay=0.0,
+                               accelerator=accelerator)
+    losses = finetune(pipe.unet, scheduler, latents, e_tgt, optimizer, accelerator=accelerator, steps=40,
+                      batch_size=4, generator=torch.Generator().manual_seed(0), weight_dtype=torch.float32)
     assert len(losses) == 40
     assert fixed_draw_loss(pipe.unet, scheduler, latents, e_tgt) < loss_before
     for name, param in pipe.unet.named_parameters():
@@ -80,8 +82,7 @@ def test_step_b_changes_only_lora_and_lowers_loss(setup, use_8bit_adam):
     assert len(changed) == len(lora_names)
 
 
-def test_8bit_adam_is_bitsandbytes(setup):
-    from imagic_lora.finetune import make_optimizer
+def test_8bit_adam_is_bitsandbytes():
     import bitsandbytes as bnb
     optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(8192))], learning_rate=1e-3, use_8bit_adam=True,
                                weight_decay=0.0)
@@ -127,8 +128,10 @@ def test_full_finetune_trains_every_weight(setup):
     pipe, scheduler, latents, e_tgt = setup
     base = snapshot(pipe.unet)
     params = full_finetune_parameters(pipe.unet)
-    finetune(pipe.unet, scheduler, latents, e_tgt, params, accelerator=Accelerator(cpu=True), steps=3,
-             learning_rate=1e-3, batch_size=2, use_8bit_adam=False, weight_decay=0.0,
+    accelerator = Accelerator(cpu=True)
+    optimizer = make_optimizer(params, learning_rate=1e-3, use_8bit_adam=False, weight_decay=0.0,
+                               accelerator=accelerator)
+    finetune(pipe.unet, scheduler, latents, e_tgt, optimizer, accelerator=accelerator, steps=3, batch_size=2,
              generator=torch.Generator().manual_seed(0), weight_dtype=torch.float32)
     after = snapshot(pipe.unet)
     changed = sum(not torch.equal(base[k], after[k]) for k in base)
@@ -199,8 +202,10 @@ def test_same_seed_same_training(tiny_sd, input_png):
                                       steps=5, learning_rate=1e-2, batch_size=2,
                                       generator=torch.Generator().manual_seed(5), weight_dtype=torch.float32)
         params = add_lora(pipe.unet, rank=2, alpha=2, target_modules=ATTN, seed=5)
-        finetune(pipe.unet, scheduler, latents, e_opt, params, accelerator=Accelerator(cpu=True), steps=5,
-                 learning_rate=1e-2, batch_size=2, use_8bit_adam=True, weight_decay=0.0,
+        accelerator = Accelerator(cpu=True)
+        optimizer = make_optimizer(params, learning_rate=1e-2, use_8bit_adam=True, weight_decay=0.0,
+                                   accelerator=accelerator)
+        finetune(pipe.unet, scheduler, latents, e_opt, optimizer, accelerator=accelerator, steps=5, batch_size=2,
                  generator=torch.Generator().manual_seed(6), weight_dtype=torch.float32)
         results.append((e_opt.prompt_embeds, [p.detach().clone() for p in params]))
     assert torch.equal(results[0][0], results[1][0])
@@ -219,9 +224,10 @@ def test_bf16_mixed_precision_keeps_trainables_fp32(tiny_sd, input_png):
                                        learning_rate=1e-2, batch_size=2, generator=torch.Generator().manual_seed(0),
                                        weight_dtype=torch.bfloat16)
     params = add_lora(pipe.unet, rank=2, alpha=2, target_modules=ATTN, seed=0)
-    finetune(pipe.unet, scheduler, latents, e_opt, params, accelerator=accelerator, steps=2, learning_rate=1e-3,
-             batch_size=2, use_8bit_adam=True, weight_decay=0.0, generator=torch.Generator().manual_seed(0),
-             weight_dtype=torch.bfloat16)
+    optimizer = make_optimizer(params, learning_rate=1e-3, use_8bit_adam=True, weight_decay=0.0,
+                               accelerator=accelerator)
+    finetune(pipe.unet, scheduler, latents, e_opt, optimizer, accelerator=accelerator, steps=2, batch_size=2,
+             generator=torch.Generator().manual_seed(0), weight_dtype=torch.bfloat16)
     assert e_opt.prompt_embeds.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in params)
     frozen = [p for p in pipe.unet.parameters() if not p.requires_grad]

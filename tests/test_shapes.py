@@ -1,0 +1,73 @@
+"""The shapes world: the renderer and the analytic judge."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagic_lora import shapes
+
+
+def test_judge_is_exact_on_clean_renders():
+    rng = random.Random(0)
+    for _ in range(500):
+        scene = shapes.random_scene(rng)
+        reading = shapes.judge(shapes.render(scene))
+        assert reading.attributes() == scene.attributes(), (scene, reading)
+        assert shapes.centre_distance(reading, scene.cx, scene.cy) < 1.5
+
+
+def test_judge_reads_photos_with_gradient_blur_and_noise():
+    rng = random.Random(1)
+    for i in range(300):
+        scene = shapes.random_scene(rng)
+        reading = shapes.judge(shapes.render_photo(scene, seed=i))
+        assert reading.attributes() == scene.attributes(), (scene, reading)
+        assert shapes.centre_distance(reading, scene.cx, scene.cy) < 2.0
+
+
+@pytest.mark.parametrize("attribute,value", [("shape", "square"), ("color", "blue"), ("size", "large"),
+                                             ("background", "black")])
+def test_judge_tells_one_changed_attribute(attribute, value):
+    scene = shapes.Scene("triangle", "red", "small", "white", 16.0, 20.0, 40.0)
+    edited = scene.with_attribute(attribute, value)
+    assert shapes.judge(shapes.render(edited)).attributes()[attribute] == value
+    # The other three and the place are unchanged.
+    for other in shapes.ATTRIBUTES:
+        if other != attribute:
+            assert getattr(edited, other) == getattr(scene, other)
+    assert abs(edited.cx - scene.cx) < 1e-9 or attribute == "size"
+
+
+def test_renders_are_seeded_and_antialiased():
+    scene = shapes.random_scene(random.Random(3), shape="circle")
+    a, b = np.asarray(shapes.render(scene)), np.asarray(shapes.render(scene))
+    assert np.array_equal(a, b)
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) > 2  # edge pixels between object and background
+    assert np.array_equal(np.asarray(shapes.render_photo(scene, 5)), np.asarray(shapes.render_photo(scene, 5)))
+    assert not np.array_equal(np.asarray(shapes.render_photo(scene, 5)), np.asarray(shapes.render_photo(scene, 6)))
+
+
+def test_sizes_spans_and_whole_object_inside():
+    rng = random.Random(4)
+    for _ in range(200):
+        scene = shapes.random_scene(rng)
+        low, high = shapes.SIZES[scene.size]
+        assert low <= scene.span <= high
+        assert scene.span / 2 <= scene.cx <= 64 - scene.span / 2
+        assert scene.span / 2 <= scene.cy <= 64 - scene.span / 2
+
+
+def test_judge_on_an_empty_image_finds_nothing():
+    reading = shapes.judge(Image.new("RGB", (64, 64), (128, 128, 128)))
+    assert not reading.found and reading.background == "gray"
+    assert not shapes.matches(reading, {"shape": "circle", "color": "red", "size": "small", "background": "gray"})
+
+
+def test_caption_uses_only_the_vocabulary():
+    scene = shapes.random_scene(random.Random(5))
+    assert set(scene.caption.split()) <= set(shapes.WORDS)
+    assert scene.caption.startswith(f"a {scene.size} {scene.color} {scene.shape}")
