@@ -65,9 +65,9 @@ class StagedOutput:
             shutil.rmtree(old, ignore_errors=True)
         return self.target
 
-    def discard(self, keep_checkpoints: bool) -> None:
-        """After a failure: keep the folder only if it holds checkpoints worth resuming."""
-        if not (keep_checkpoints and any((self.path / "checkpoints").glob("*/state.json"))):
+    def discard(self) -> None:
+        """After a failure: keep the folder only if it holds a checkpoint worth resuming."""
+        if not any((self.path / "checkpoints").glob("*/state.json")):
             shutil.rmtree(self.path, ignore_errors=True)
 
 

@@ -135,7 +135,7 @@ def read_tedbench(folder: str | Path) -> list[Job]:
 SUMMARY_FIELDS = ("id", "status", "error", "input_image", "target_prompt", "recommended_eta", "model_load_s",
                   "wall_time_encode_s",
                   "wall_time_A_s", "wall_time_B_s", "wall_time_C_s", "wall_time_save_s", "peak_memory_gib",
-                  "output_dir")
+                  "output_dir", "process")
 
 
 def write_summary(output_dir: str | Path, rows: list[dict]) -> None:

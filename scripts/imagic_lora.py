@@ -253,7 +253,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
     except BaseException as error:
         if tracker:
             tracker.close()
-        stage.discard(keep_checkpoints=isinstance(error, (Interrupted, KeyboardInterrupt)) or store.latest_b())
+        stage.discard()  # a checkpoint (A or B) is kept for --resume
         raise
 
 
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             job_cfg = job.config(cfg)
             row = {"id": job.id, "input_image": job.input_image, "target_prompt": job.target_prompt,
                    "output_dir": job_cfg.output_dir, "status": "ok", "error": None,
-                   "model_load_s": round(load_timing["model_load"], 3)}
+                   "model_load_s": round(load_timing["model_load"], 3), "process": accelerator.process_index}
             if many and is_complete(job_cfg.output_dir) and not cfg.overwrite:
                 done = json.loads((Path(job_cfg.output_dir) / CONFIG_NAME).read_text())
                 rows.append({**row, **summary_fields(done), "status": "skipped (complete)"})
@@ -366,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not many and not isinstance(e, (ImagicInputError, NonFiniteLossError,
                                                    torch.cuda.OutOfMemoryError)):
                     raise
-                rows.append({**row, "status": "failed", "error": failure_message(e)})
+                rows.append({**row, "status": "failed", "error": failure_message(e),
+                             "input_error": isinstance(e, ImagicInputError)})
                 print(f"imagic_lora: error: {job.id + ': ' if many else ''}{failure_message(e)}", file=sys.stderr)
             finally:
                 reset_unet(pipe, base_state, weight_dtype)
@@ -378,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(cfg, rows, many)
     if interrupted:
         return 128 + interrupted
+    if not many and rows[0]["status"] == "failed" and rows[0].get("input_error"):
+        return 2
     return 1 if any(row["status"] == "failed" for row in rows) else 0
 
 

@@ -1,0 +1,84 @@
+"""Manifests, TEdBench folders and the batch summary (no model needed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from imagic_lora.errors import ImagicInputError
+from imagic_lora.jobs import read_manifest, read_tedbench, write_summary
+
+
+def write_lines(path, *lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_manifest_jobs_overrides_and_relative_paths(tmp_path):
+    manifest = write_lines(
+        tmp_path / "jobs.jsonl",
+        json.dumps({"id": "a", "image": "photos/a.png", "target_prompt": "a red circle"}),
+        "",
+        json.dumps({"id": "b-2", "image": "/abs/b.png", "target_prompt": "a blue square", "etas": [0, 1.5],
+                    "seed": 4, "learning_rate": 1e-4}))
+    jobs = read_manifest(manifest)
+    assert [j.id for j in jobs] == ["a", "b-2"]
+    assert jobs[0].input_image == str(tmp_path / "photos" / "a.png")
+    assert jobs[1].input_image == "/abs/b.png"
+    assert jobs[1].overrides == {"etas": [0.0, 1.5], "seed": 4, "learning_rate": 1e-4}
+    from imagic_lora.config import ImagicConfig
+    cfg = jobs[1].config(ImagicConfig(output_dir=str(tmp_path / "runs")))
+    assert cfg.output_dir == str(tmp_path / "runs" / "b-2") and cfg.seed == 4 and cfg.etas == [0.0, 1.5]
+
+
+@pytest.mark.parametrize("line,problem", [
+    ("{not json", "not JSON"),
+    ('["a list"]', "not a JSON object"),
+    ('{"id": "a", "image": "x.png"}', "target_prompt"),
+    ('{"id": "../escape", "image": "x.png", "target_prompt": "t"}', "id '../escape'"),
+    ('{"id": "a", "image": "x.png", "target_prompt": "t", "rank": "big"}', "'rank' must be a number"),
+    ('{"id": "a", "image": "x.png", "target_prompt": "t", "etas": ["high"]}', "'etas' must be"),
+    ('{"id": "a", "image": "x.png", "target_prompt": "t", "output_dir": "/etc"}', "cannot be set per job"),
+])
+def test_manifest_problems_name_the_flag_and_line(tmp_path, line, problem):
+    manifest = write_lines(tmp_path / "jobs.jsonl", json.dumps({"id": "ok", "image": "x.png", "target_prompt": "t"}),
+                           line)
+    with pytest.raises(ImagicInputError) as info:
+        read_manifest(manifest)
+    assert info.value.flag == "--manifest" and "line 2" in str(info.value) and problem in str(info.value)
+
+
+def test_manifest_duplicate_ids_and_empty_files(tmp_path):
+    line = json.dumps({"id": "same", "image": "x.png", "target_prompt": "t"})
+    with pytest.raises(ImagicInputError, match="used twice"):
+        read_manifest(write_lines(tmp_path / "dup.jsonl", line, line))
+    with pytest.raises(ImagicInputError, match="no jobs"):
+        read_manifest(write_lines(tmp_path / "empty.jsonl", ""))
+    with pytest.raises(ImagicInputError, match="not a file"):
+        read_manifest(tmp_path / "missing.jsonl")
+
+
+def test_tedbench_folder(tmp_path):
+    (tmp_path / "originals").mkdir()
+    (tmp_path / "input_list.json").write_text(json.dumps([
+        {"img_name": "dog.jpeg", "target_text": "A photo of a sitting dog."},
+        {"img_name": "dog.jpeg", "target_text": "A photo of a jumping dog."},
+        {"img_name": "my bird.png", "target_text": "A bird spreading its wings."}]))
+    jobs = read_tedbench(tmp_path)
+    assert [j.id for j in jobs] == ["000_dog", "001_dog", "002_my_bird"]
+    assert jobs[2].input_image == str(tmp_path / "originals" / "my bird.png")
+    assert jobs[1].target_prompt == "A photo of a jumping dog."
+    with pytest.raises(ImagicInputError, match="--tedbench"):
+        read_tedbench(tmp_path / "nowhere")
+
+
+def test_summary_files(tmp_path):
+    rows = [{"id": "a", "status": "ok", "error": None, "wall_time_A_s": 1.5},
+            {"id": "b", "status": "failed", "error": "bad image", "wall_time_A_s": None}]
+    write_summary(tmp_path, rows)
+    assert [json.loads(l)["id"] for l in (tmp_path / "summary.jsonl").read_text().splitlines()] == ["a", "b"]
+    table = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert table[1]["status"] == "failed" and table[1]["error"] == "bad image" and table[0]["wall_time_A_s"] == "1.5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv", "summary.jsonl"]

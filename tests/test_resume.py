@@ -1,0 +1,91 @@
+"""Interrupted runs: SIGTERM / Ctrl-C mid step B saves a checkpoint and exits cleanly; --resume
+finishes the edit with exactly the result an uninterrupted run gives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import ROOT
+from test_cli import load_script
+
+ARGS = ["--target_prompt", "a large blue square on a gray background", "--emb_train_steps", "5",
+        "--max_train_steps", "120", "--train_batch_size", "2", "--checkpointing_steps", "10",
+        "--checkpoints_total_limit", "2", "--etas", "0", "0.8", "--num_seeds", "1", "--num_inference_steps", "3",
+        "--seed", "5"]
+
+
+def command(tiny_sd, input_png, out, *extra):
+    return [sys.executable, str(ROOT / "scripts" / "imagic_lora.py"), "--pretrained_model_name_or_path",
+            str(tiny_sd), "--input_image", str(input_png), "--output_dir", str(out), *ARGS, *extra]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_sd, input_png, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "edit"
+    proc = subprocess.run(command(tiny_sd, input_png, out), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_kill_mid_b_then_resume_gives_the_uninterrupted_result(tiny_sd, input_png, tmp_path, uninterrupted, signum):
+    out = tmp_path / "edit"
+    partial = tmp_path / ".edit.partial" / "checkpoints"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(command(tiny_sd, input_png, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.time() + 300
+    while not list(partial.glob("B-step-*/state.json")):  # wait until step B is under way
+        assert proc.poll() is None and time.time() < deadline, "the run ended before step B checkpointed"
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, stderr[-2000:]
+    assert "--resume" in stderr
+    assert not out.exists()  # nothing under the artifact's name
+    steps = sorted(p.name for p in partial.glob("B-step-*"))
+    assert 1 <= len(steps) <= 2 and int(steps[-1].split("-")[-1]) < 120  # the limit holds; stopped mid-B
+
+    resumed = subprocess.run(command(tiny_sd, input_png, out, "--resume"), capture_output=True, text=True,
+                             env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming step B at step" in resumed.stderr
+    for name in ("pytorch_lora_weights.safetensors", "imagic_embeds.safetensors"):
+        a, b = load_file(out / name), load_file(uninterrupted / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    for png in uninterrupted.glob("images/eta_*.png"):
+        assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(out / "images" / png.name)))
+    assert not (tmp_path / ".edit.partial").exists()
+    assert not (out / "checkpoints").exists()
+
+
+def test_resume_refuses_checkpoints_made_with_other_settings(tiny_sd, input_png, tmp_path, capsys, monkeypatch):
+    script = load_script()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash in step C")
+    monkeypatch.setattr(script, "generate_image", crash)
+    argv = ["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
+            "--output_dir", str(tmp_path / "edit"), *ARGS, "--max_train_steps", "10"]
+    with pytest.raises(RuntimeError):
+        script.main(argv)
+    with pytest.raises(RuntimeError):  # same settings: resumes (B already done) and reaches C again
+        script.main(argv + ["--resume"])
+    capsys.readouterr()
+    monkeypatch.undo()
+    script = load_script()
+    assert script.main(argv + ["--resume", "--learning_rate", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--learning_rate" in err
+    assert (tmp_path / ".edit.partial" / "checkpoints" / "phase-A").is_dir()  # nothing was thrown away
