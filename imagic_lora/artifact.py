@@ -77,7 +77,8 @@ def save_lora_files(folder: Path, pipe, *, lora_alpha: float, kohya_metadata: di
                                  unet_lora_adapter_metadata=lora_adapter_metadata(pipe.unet),
                                  weight_name=LORA_WEIGHT_NAME, safe_serialization=True)
     if kohya_metadata is not None:
-        save_file(kohya_state_dict(pipe.unet, lora_alpha), folder / KOHYA_WEIGHT_NAME, metadata=kohya_metadata)
+        save_file(kohya_state_dict(pipe.unet, lora_alpha, sgm_names=is_sdxl(pipe)), folder / KOHYA_WEIGHT_NAME,
+                  metadata=kohya_metadata)
 
 
 def save_full_unet(folder: Path, unet, dtype: torch.dtype) -> None:

@@ -81,6 +81,8 @@ class ImagicConfig:
         100, "Step A: Adam steps on the text embedding (paper: 1000 on SD; 100 gives the same "
         "edits here, see docs/).")
     emb_learning_rate: float = _field(2e-3, "Step A: learning rate of the embedding (paper: 2e-3).")
+    freeze_pooled_embeds: bool = _field(
+        False, "Step A, SDXL: keep the pooled text embedding at the target's (optimise the sequence only).")
     # --- B: fine-tuning ----------------------------------------------------------------
     max_train_steps: int = _field(
         200, "Step B: fine-tuning steps (paper: 1500 of the full UNet; LoRA needs far fewer).")
@@ -104,6 +106,8 @@ class ImagicConfig:
     enable_xformers_memory_efficient_attention: bool = _field(
         False, "Use xformers attention (pip install xformers); default: PyTorch SDPA.")
     allow_tf32: bool = _field(False, "Allow TF32 matmuls on Ampere+ GPUs (faster, tiny precision loss).")
+    enable_vae_tiling: bool = _field(
+        False, "Encode/decode with VAE tiling and slicing (less memory at 1024 px, e.g. SDXL).")
     # --- C: generation -----------------------------------------------------------------
     etas: list[float] = _field(
         [0.0, 0.6, 0.8, 1.0, 1.2],

@@ -1,7 +1,7 @@
 """LoRA adapters on the UNet (peft through diffusers), and their two file formats.
 
-diffusers format: ``convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))`` saved by
-the pipeline's ``save_lora_weights`` with the adapter's config as metadata.
+diffusers format: ``get_peft_model_state_dict(unet)`` saved by the pipeline's
+``save_lora_weights`` with the adapter's config as metadata (``load_lora_weights`` reads it).
 kohya format (AUTOMATIC1111, ComfyUI): ``lora_unet_<path_with_underscores>.lora_down.weight``,
 ``.lora_up.weight`` and ``.alpha``; diffusers' ``convert_state_dict_to_kohya`` writes
 alpha = rank, so the true alpha is written here.
@@ -10,7 +10,7 @@ alpha = rank, so the true alpha is written here.
 from __future__ import annotations
 
 import torch
-from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
@@ -41,8 +41,14 @@ def add_lora(unet, *, rank: int, alpha: float, target_modules: list[str], seed: 
 
 
 def lora_state_dict(unet) -> dict[str, torch.Tensor]:
-    """The adapter in diffusers format (keys without the ``unet.`` prefix), fp32, on the CPU."""
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME))
+    """The adapter as diffusers saves and loads it (peft keys ``...to_q.lora_A.weight``, without
+    the ``unet.`` prefix), fp32, on the CPU.
+
+    Not ``convert_state_dict_to_diffusers``: it renames attention keys to the old
+    ``lora.down`` style but leaves conv/feed-forward keys in peft style, and the loader then
+    silently drops one of the two kinds.
+    """
+    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
     return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
@@ -50,15 +56,59 @@ def lora_adapter_metadata(unet) -> dict:
     return unet.peft_config[ADAPTER_NAME].to_dict()
 
 
-def kohya_state_dict(unet, alpha: float, prefix: str = "unet") -> dict[str, torch.Tensor]:
-    """The adapter with kohya keys and the true ``.alpha`` (scale = alpha / rank), fp32."""
+def kohya_state_dict(unet, alpha: float, sgm_names: bool = False) -> dict[str, torch.Tensor]:
+    """The adapter with kohya keys and the true ``.alpha`` (scale = alpha / rank), fp32.
+
+    kohya trains SD 1.x/2.x on diffusers' UNet (keys ``lora_unet_down_blocks_...``) but SDXL on
+    the original (SGM) UNet (``lora_unet_input_blocks_...``): ``sgm_names`` writes the latter.
+    """
     peft_state = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
-    peft_state = {f"{prefix}.{k}": v.detach().float().cpu().contiguous() for k, v in peft_state.items()}
+    layers = unet.config.layers_per_block
+    rename = (lambda key: sgm_module_name(key, layers)) if sgm_names else (lambda key: key)
+    peft_state = {f"unet.{rename(k)}": v.detach().float().cpu().contiguous() for k, v in peft_state.items()}
     kohya = convert_state_dict_to_kohya(peft_state)
     for key in kohya:
         if key.endswith(".alpha"):
             kohya[key] = torch.tensor(float(alpha), dtype=torch.float32)
     return kohya
+
+
+_RESNET_SGM = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+               "conv_shortcut": "skip_connection", "norm1": "in_layers.0", "norm2": "out_layers.0"}
+
+
+def sgm_module_name(name: str, layers_per_block: int) -> str:
+    """A diffusers UNet parameter name in the original SGM/LDM UNet's naming (SDXL's kohya keys).
+
+    down_blocks.i.{resnets,attentions}.j -> input_blocks.{i(L+1)+j+1}.{0,1}; downsamplers ->
+    input_blocks.{(i+1)(L+1)}.0.op; mid_block -> middle_block.{0,1,2}; up_blocks.i.{resnets,
+    attentions}.j -> output_blocks.{i(L+1)+j}.{0,1}, upsamplers -> output_blocks.{i(L+1)+L}.2
+    (L = layers per block); ResNet layers take their SGM names. Inverse of diffusers'
+    ``_maybe_map_sgm_blocks_to_diffusers`` and ``_convert_unet_lora_key``.
+    """
+    per = layers_per_block + 1
+    parts = name.split(".")
+    head, rest = parts[0], parts[1:]
+    if head == "down_blocks":
+        block, kind, index, tail = int(rest[0]), rest[1], int(rest[2]), rest[3:]
+        if kind == "downsamplers":
+            return ".".join(["input_blocks", str((block + 1) * per), "0", "op", *tail[1:]])
+        inner = "0" if kind == "resnets" else "1"
+        new = ["input_blocks", str(block * per + index + 1), inner]
+    elif head == "mid_block":
+        kind, index, tail = rest[0], int(rest[1]), rest[2:]
+        new = ["middle_block", {("resnets", 0): "0", ("attentions", 0): "1", ("resnets", 1): "2"}[(kind, index)]]
+    elif head == "up_blocks":
+        block, kind, index, tail = int(rest[0]), rest[1], int(rest[2]), rest[3:]
+        if kind == "upsamplers":
+            return ".".join(["output_blocks", str(block * per + layers_per_block), "2", *tail])
+        inner = "0" if kind == "resnets" else "1"
+        new = ["output_blocks", str(block * per + index), inner]
+    else:
+        return name
+    if kind == "resnets" and tail and tail[0] in _RESNET_SGM:
+        tail = _RESNET_SGM[tail[0]].split(".") + tail[1:]
+    return ".".join(new + list(tail))
 
 
 def kohya_metadata(*, rank: int, alpha: float, base_model: str, architecture: str, resolution: int,

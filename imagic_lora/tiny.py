@@ -66,3 +66,33 @@ def make_tiny_sd(folder: str | Path, *, prediction_type: str = "epsilon", seed: 
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def make_tiny_sdxl(folder: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny StableDiffusionXLPipeline (32 px images, two text encoders) to ``folder``."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = write_word_tokenizer(folder / "tokenizer", list(TINY_WORDS))
+    tokenizer_2 = write_word_tokenizer(folder / "tokenizer_2", list(TINY_WORDS))
+    text_encoder = tiny_text_encoder(tokenizer, hidden_size=32)
+    config_2 = tiny_text_encoder(tokenizer_2, hidden_size=32, projection_dim=16).config
+    text_encoder_2 = CLIPTextModelWithProjection(config_2)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), use_linear_projection=True,
+        cross_attention_dim=64,  # 32 + 32: both encoders' hidden states, concatenated
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 16,  # time ids + the pooled embedding
+        norm_num_groups=8)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading",
+                                       prediction_type="epsilon")
+    pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -135,7 +135,8 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                     unet, noise_scheduler, latents, e_tgt, accelerator=accelerator, steps=cfg.emb_train_steps,
                     learning_rate=cfg.emb_learning_rate, batch_size=cfg.train_batch_size,
                     generator=torch.Generator().manual_seed(cfg.seed), weight_dtype=weight_dtype,
-                    add_time_ids=add_time_ids, on_step=lambda step, losses: stop.check(), log=log)
+                    add_time_ids=add_time_ids, optimize_pooled=not cfg.freeze_pooled_embeds,
+                    on_step=lambda step, losses: stop.check(), log=log)
                 store.save("phase-A", {"prompt_embeds": e_opt.prompt_embeds,
                                        "pooled_prompt_embeds": e_opt.pooled_prompt_embeds, "losses": losses_a})
 
@@ -334,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     set_attention(pipe.unet, cfg.enable_xformers_memory_efficient_attention)
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
+    if cfg.enable_vae_tiling:  # encode and decode 1024 px images in tiles, one image at a time
+        pipe.vae.enable_tiling()
+        pipe.vae.enable_slicing()
     noise_scheduler = training_noise_scheduler(pipe)
     # A full fine-tune changes the base weights: keep a copy to restore between edits.
     base_state = ({k: v.detach().to("cpu", copy=True) for k, v in pipe.unet.state_dict().items()}

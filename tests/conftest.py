@@ -37,12 +37,14 @@ def input_png(tmp_path_factory) -> Path:
     return path
 
 
-def fixed_draw_loss(unet, noise_scheduler, latents, embeds, seed=1234, batch_size=16, weight_dtype=torch.float32):
+def fixed_draw_loss(unet, noise_scheduler, latents, embeds, seed=1234, batch_size=16, weight_dtype=torch.float32,
+                    add_time_ids=None):
     """The denoising loss at one fixed set of draws: comparable before and after training."""
     from imagic_lora.diffusion import denoising_loss
     with torch.no_grad():
         return float(denoising_loss(unet, noise_scheduler, latents, embeds, batch_size=batch_size,
-                                    generator=torch.Generator().manual_seed(seed), weight_dtype=weight_dtype))
+                                    generator=torch.Generator().manual_seed(seed), weight_dtype=weight_dtype,
+                                    add_time_ids=add_time_ids))
 
 
 @pytest.fixture(autouse=True)

@@ -169,3 +169,20 @@ def test_full_finetune_artifact_round_trip(tiny_sd, input_png, tmp_path):
     image = pipe(prompt_embeds=edit.embeds(0.7).prompt_embeds, guidance_scale=3, num_inference_steps=4,
                  generator=torch.Generator("cpu").manual_seed(11)).images[0]
     assert np.array_equal(np.asarray(image), np.asarray(Image.open(out / "images" / "eta_0.70_seed_11.png")))
+
+
+def test_conv_and_feed_forward_lora_reproduce_too(tiny_sd, input_png, tmp_path):
+    """Every target preset: the diffusers and kohya files carry every trained module."""
+    out = tmp_path / "conv"
+    assert run_inprocess(tiny_sd, input_png, out, "--lora_target_modules", "attn_ff_conv", "--etas", "0.7",
+                         "--num_seeds", "1") == 0
+    for weight_name in ("pytorch_lora_weights.safetensors", "imagic_lora_kohya.safetensors"):
+        pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd), safety_checker=None)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.load_lora_weights(str(out), weight_name=weight_name)
+        embeds = load_file(out / "imagic_embeds.safetensors")
+        mix = 0.7 * embeds["target_prompt_embeds"] + 0.3 * embeds["optimized_prompt_embeds"]
+        image = pipe(prompt_embeds=mix, guidance_scale=3, num_inference_steps=4,
+                     generator=torch.Generator("cpu").manual_seed(11)).images[0]
+        assert np.array_equal(np.asarray(image), np.asarray(Image.open(out / "images" / "eta_0.70_seed_11.png"))), \
+            weight_name
