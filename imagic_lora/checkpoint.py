@@ -24,20 +24,24 @@ _ITEMS = "__items__"
 _TUPLE = "__tuple__"
 
 
-def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor], seen: dict[int, str] | None = None) -> Any:
+    seen = {} if seen is None else seen
     if isinstance(obj, torch.Tensor):
-        key = f"t{len(tensors)}"
-        tensors[key] = obj.detach().cpu().contiguous()
-        return {_TENSOR: key}
+        # One tensor referenced twice (bitsandbytes shares its quantisation maps between
+        # parameters) is stored once; distinct tensors are copied so none share storage.
+        if id(obj) not in seen:
+            seen[id(obj)] = key = f"t{len(tensors)}"
+            tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
+        return {_TENSOR: seen[id(obj)]}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj) and not {_TENSOR, _ITEMS, _TUPLE} & set(obj):
-            return {k: _flatten(v, f"{path}.{k}", tensors) for k, v in obj.items()}
+            return {k: _flatten(v, f"{path}.{k}", tensors, seen) for k, v in obj.items()}
         # Non-string keys (an optimiser's parameter indices) keep their type as [key, value] pairs.
-        return {_ITEMS: [[k, _flatten(v, f"{path}.{k}", tensors)] for k, v in obj.items()]}
+        return {_ITEMS: [[k, _flatten(v, f"{path}.{k}", tensors, seen)] for k, v in obj.items()]}
     if isinstance(obj, tuple):
-        return {_TUPLE: [_flatten(v, f"{path}[{i}]", tensors) for i, v in enumerate(obj)]}
+        return {_TUPLE: [_flatten(v, f"{path}[{i}]", tensors, seen) for i, v in enumerate(obj)]}
     if isinstance(obj, list):
-        return [_flatten(v, f"{path}[{i}]", tensors) for i, v in enumerate(obj)]
+        return [_flatten(v, f"{path}[{i}]", tensors, seen) for i, v in enumerate(obj)]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot checkpoint {path} of type {type(obj).__name__}")

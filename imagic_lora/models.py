@@ -93,6 +93,11 @@ def load_pipeline(pretrained_model_name_or_path: str, *, revision: str | None = 
     pipe = pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
     if vae_dtype is None and family == "sdxl" and weight_dtype == torch.float16 and not vae_model_name_or_path:
         vae_dtype = torch.float32
+    return freeze(pipe, vae_dtype)
+
+
+def freeze(pipe, vae_dtype: torch.dtype | None = None):
+    """Every weight frozen and in eval mode (the VAE optionally in its own dtype); no progress bar."""
     if vae_dtype is not None:
         pipe.vae.to(dtype=vae_dtype)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
@@ -101,6 +106,19 @@ def load_pipeline(pretrained_model_name_or_path: str, *, revision: str | None = 
             module.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def prepare_unet(pipe, device, *, xformers: bool = False, gradient_checkpointing: bool = False,
+                 vae_tiling: bool = False) -> None:
+    """The UNet on the accelerator with the memory levers asked for; the rest stays on the CPU
+    until an edit needs it."""
+    pipe.unet.to(device)
+    set_attention(pipe.unet, xformers)
+    if gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    if vae_tiling:  # encode and decode large images in tiles, one image at a time
+        pipe.vae.enable_tiling()
+        pipe.vae.enable_slicing()
 
 
 def training_noise_scheduler(pipe) -> DDPMScheduler:

@@ -42,10 +42,10 @@ from imagic_lora.images import contact_sheet, load_image, pil_to_tensor  # noqa:
 from imagic_lora.interrupt import Interrupted, StopFlag  # noqa: E402
 from imagic_lora.jobs import Job, is_complete, read_manifest, read_tedbench, write_summary  # noqa: E402
 from imagic_lora.lora import add_lora, architecture_of, kohya_metadata  # noqa: E402
-from imagic_lora.metrics import peak_memory, reset_peak_memory, timed  # noqa: E402
+from imagic_lora.metrics import peak_memory, timed  # noqa: E402
 from imagic_lora.models import (  # noqa: E402
     inference_scheduler, load_pipeline, load_tokenizer_and_vocabulary, model_family, native_resolution,
-    set_attention, training_noise_scheduler, weight_dtype_for)
+    prepare_unet, training_noise_scheduler, weight_dtype_for)
 from imagic_lora.vocabulary import unknown_words  # noqa: E402
 
 logger = logging.getLogger("imagic_lora")
@@ -108,11 +108,11 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
         tracker.add_text("config", json.dumps(cfg.to_dict(), indent=1))
     log = (lambda values, step: [tracker.add_scalar(k, v, step) for k, v in values.items()]) if tracker else None
     timings: dict[str, float] = {}
-    reset_peak_memory(device)
+    phase_memory: dict[str, dict] = {}  # per-phase peaks, on CUDA
     try:
         # The image and the target text, encoded once; the text encoder(s) and the VAE then
         # leave the accelerator for A and B.
-        with timed(timings, "encode", device):
+        with timed(timings, "encode", device, phase_memory):
             resolution = cfg.resolution or native_resolution(pipe)
             image = load_image(cfg.input_image, resolution, cfg.resize_mode)
             encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
@@ -125,7 +125,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             add_time_ids = sdxl_time_ids(resolution).to(device) if is_sdxl(pipe) else None
 
         # ---- A: optimise the embedding, the UNet frozen ----
-        with timed(timings, "A", device):
+        with timed(timings, "A", device, phase_memory):
             if store.has("phase-A"):
                 state = store.load("phase-A")
                 e_opt = PromptEmbeds(state["prompt_embeds"].to(device), _opt(state["pooled_prompt_embeds"], device))
@@ -141,7 +141,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                                        "pooled_prompt_embeds": e_opt.pooled_prompt_embeds, "losses": losses_a})
 
         # ---- B: fine-tune (LoRA by default) so that e_opt reproduces the image ----
-        with timed(timings, "B", device):
+        with timed(timings, "B", device, phase_memory):
             if cfg.full_finetune:
                 params = full_finetune_parameters(unet)
             else:
@@ -180,10 +180,9 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             if cfg.full_finetune:
                 unet.to(dtype=weight_dtype)  # what is saved, and what generates, is the weight dtype
             del params, trainable, optimizer
-        train_memory = peak_memory(device)
 
         # ---- C: generate along the interpolation (images already there from a resumed run stay) ----
-        with timed(timings, "C", device):
+        with timed(timings, "C", device, phase_memory):
             pipe.to(device)
             pipe.scheduler = inference_scheduler(pipe, cfg.scheduler)
             (out / "images").mkdir(exist_ok=True)
@@ -201,7 +200,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                 module.to("cpu")
 
         # ---- save the artifact ----
-        with timed(timings, "save", device):
+        with timed(timings, "save", device, phase_memory):
             from PIL import Image
             image.save(out / "images" / "input.png")
             contact_sheet(image, {k: Image.open(v) for k, v in images.items()}, cfg.etas, cfg.seeds).save(
@@ -239,8 +238,8 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             "loss_B": {"first": losses_b[0] if losses_b else None, "last": losses_b[-1] if losses_b else None},
             "resumed_from_step_B": start or None,
             "wall_time_s": {k: round(v, 3) for k, v in timings.items()},
-            "memory_during_training": train_memory,
-            "memory": peak_memory(device),
+            "memory_per_phase": phase_memory,
+            "memory": peak_memory(phase_memory),
             "versions": library_versions(),
         }
         write_model_card(out, record)
@@ -331,13 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         pipe = load_pipeline(cfg.pretrained_model_name_or_path, revision=cfg.revision, variant=cfg.variant,
                              weight_dtype=weight_dtype,
                              vae_model_name_or_path=cfg.pretrained_vae_model_name_or_path)
-        pipe.unet.to(accelerator.device)
-    set_attention(pipe.unet, cfg.enable_xformers_memory_efficient_attention)
-    if cfg.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-    if cfg.enable_vae_tiling:  # encode and decode 1024 px images in tiles, one image at a time
-        pipe.vae.enable_tiling()
-        pipe.vae.enable_slicing()
+        prepare_unet(pipe, accelerator.device, xformers=cfg.enable_xformers_memory_efficient_attention,
+                     gradient_checkpointing=cfg.gradient_checkpointing, vae_tiling=cfg.enable_vae_tiling)
     noise_scheduler = training_noise_scheduler(pipe)
     # A full fine-tune changes the base weights: keep a copy to restore between edits.
     base_state = ({k: v.detach().to("cpu", copy=True) for k, v in pipe.unet.state_dict().items()}

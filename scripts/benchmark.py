@@ -1,0 +1,354 @@
+#!/usr/bin/env python
+"""Speed and memory of Imagic-LoRA on real model sizes, and what each lever buys.
+
+    python scripts/benchmark.py --models sd15 sd21 sdxl --output docs/benchmark      # on a GPU
+    python scripts/benchmark.py --tiny --output /tmp/bench                          # CPU smoke test
+
+The real architectures (SD 1.5 at 512 px, SD 2.1 at 768 px with v-prediction, SDXL at 1024 px)
+are built from their configs with random weights (no download: weights change neither speed nor
+memory; the images mean nothing). Each variant runs in its own process through the CLI's own
+`edit()` (A -> B -> C -> save, the C sweep being 5 eta values), and reports per phase the wall time
+(synchronised), peak allocated and reserved GPU memory, steps per second and the achieved
+TFLOP/s (FLOPs of one step counted with torch.utils.flop_counter) against the device's bf16 peak.
+
+Variants: `recommended` (LoRA, 8-bit AdamW, bf16, gradient checkpointing, SDPA, our schedule);
+each lever off on its own; the paper's step B (`--full_finetune`, Adam, its 1000 + 1500 steps,
+fp32) and the memory-saving fork of it (8-bit Adam, fp16, checkpointing). Long schedules are
+measured over --max_measured_steps steps per phase and their time scaled to the full schedule
+(marked "extrapolated"). `--tiny` runs every variant on tiny models on the CPU: a smoke test of
+this script, not a speed claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# ------------------------------------------------------------------------------------------------
+# The real architectures, from their published configs
+
+CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+OPENCLIP_H = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                  num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=1024)
+OPENCLIP_BIGG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                     num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+              up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+              latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215)
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=[320, 640, 1280, 1280], cross_attention_dim=768, attention_head_dim=8,
+                 down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3)
+SD21_UNET = dict(SD15_UNET, sample_size=96, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
+                 use_linear_projection=True, upcast_attention=True)
+SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=[320, 640, 1280], cross_attention_dim=2048, attention_head_dim=[5, 10, 20],
+                 transformer_layers_per_block=[1, 2, 10], use_linear_projection=True,
+                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                 up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                 addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)
+SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                 steps_offset=1, set_alpha_to_one=False, skip_prk_steps=True)
+MODELS = {"sd15": ("sd", SD15_UNET, [CLIP_L], "epsilon", 512),
+          "sd21": ("sd", SD21_UNET, [OPENCLIP_H], "v_prediction", 768),
+          "sdxl": ("sdxl", SDXL_UNET, [CLIP_L, OPENCLIP_BIGG], "epsilon", 1024)}
+
+#: bf16 dense tensor-core peak, TFLOP/s, by device name fragment.
+BF16_PEAK = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.2,
+             "RTX 3090": 71.0, "L4": 121.0, "T4": 65.0}
+
+PAPER = {"emb_train_steps": 1000, "emb_learning_rate": 2e-3, "max_train_steps": 1500, "learning_rate": 5e-7}
+VARIANTS = {
+    # name: (CLI settings, mixed precision, description)
+    "recommended": ({"gradient_checkpointing": True}, "bf16",
+                    "LoRA, 8-bit AdamW, bf16, gradient checkpointing, SDPA, our schedule"),
+    "no_8bit_adam": ({"gradient_checkpointing": True, "use_8bit_adam": False}, "bf16", "recommended, torch AdamW"),
+    "no_mixed_precision": ({"gradient_checkpointing": True}, "no", "recommended, fp32 weights"),
+    "no_checkpointing": ({}, "bf16", "recommended, no gradient checkpointing"),
+    "xformers": ({"gradient_checkpointing": True, "enable_xformers_memory_efficient_attention": True}, "bf16",
+                 "recommended, xformers attention instead of SDPA"),
+    "paper_full": ({"full_finetune": True, "use_8bit_adam": False, **PAPER}, "no",
+                   "the paper: full UNet, Adam, fp32, 1000 + 1500 steps"),
+    "paper_full_8bit_ckpt": ({"full_finetune": True, "gradient_checkpointing": True, **PAPER}, "fp16",
+                             "the paper's schedule, full UNet with 8-bit Adam, fp16, checkpointing (~11 GB fork)"),
+}
+
+
+def device_peak(name: str) -> float | None:
+    return next((peak for key, peak in BF16_PEAK.items() if key in name), None)
+
+
+# ------------------------------------------------------------------------------------------------
+# One variant, in its own process
+
+
+def build_pipeline(model: str, tiny: bool, weight_dtype, device, tmp: Path):
+    """A pipeline of the real (or tiny) architecture with random weights."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from imagic_lora.models import freeze
+    from imagic_lora.tiny import TINY_WORDS, make_tiny_sd, make_tiny_sdxl, sd_scheduler
+    from imagic_lora.vocabulary import write_word_tokenizer
+
+    family, unet_config, encoders, prediction_type, resolution = MODELS[model]
+    if tiny:
+        folder = (make_tiny_sdxl if family == "sdxl" else make_tiny_sd)(tmp / "tiny", **(
+            {} if family == "sdxl" else {"prediction_type": prediction_type}))
+        from imagic_lora.models import load_pipeline
+        return load_pipeline(str(folder), weight_dtype=weight_dtype), 32
+    tokenizer = write_word_tokenizer(tmp / "tokenizer", list(TINY_WORDS))  # content is irrelevant to speed
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise on the accelerator: minutes faster than on the CPU
+        unet = UNet2DConditionModel(**unet_config)
+        vae = AutoencoderKL(**SD_VAE)
+        text_encoders = [CLIPTextModel(CLIPTextConfig(**encoders[0]))]
+        if family == "sdxl":
+            text_encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**encoders[1])))
+    if family == "sdxl":
+        from diffusers import EulerDiscreteScheduler
+        scheduler = EulerDiscreteScheduler(**{k: v for k, v in SCHEDULER.items() if k not in (
+            "set_alpha_to_one", "skip_prk_steps")}, prediction_type=prediction_type)
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoders[0], text_encoder_2=text_encoders[1],
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    else:
+        scheduler = sd_scheduler(prediction_type) if prediction_type == "epsilon" else PNDMScheduler(
+            **SCHEDULER, prediction_type=prediction_type)
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoders[0], tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipe.to("cpu", dtype=weight_dtype)
+    vae_dtype = torch.float32 if family == "sdxl" and weight_dtype == torch.float16 else None
+    return freeze(pipe, vae_dtype), resolution
+
+
+def count_step_flops(pipe, noise_scheduler, cfg, weight_dtype, device, resolution, phase: str) -> float:
+    """FLOPs of one optimisation step of phase A (gradients to the embedding) or B (to the LoRA/UNet)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from imagic_lora.conditioning import PromptEmbeds, is_sdxl, sdxl_time_ids
+    from imagic_lora.diffusion import denoising_loss
+    latent = resolution // pipe.vae_scale_factor
+    latents = torch.randn(1, pipe.unet.config.in_channels, latent, latent, device=device)
+    width = pipe.unet.config.cross_attention_dim
+    embeds = PromptEmbeds(torch.randn(1, 77, width, device=device, requires_grad=phase == "A"))
+    time_ids = None
+    if is_sdxl(pipe):
+        pooled = pipe.text_encoder_2.config.projection_dim
+        embeds.pooled_prompt_embeds = torch.randn(1, pooled, device=device, requires_grad=phase == "A")
+        time_ids = sdxl_time_ids(resolution).to(device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast(device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32):
+        loss = denoising_loss(pipe.unet, noise_scheduler, latents, embeds, batch_size=cfg.train_batch_size,
+                              generator=torch.Generator().manual_seed(0), weight_dtype=weight_dtype,
+                              add_time_ids=time_ids)
+        loss.backward()
+    pipe.unet.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def run_variant(args) -> dict:
+    import torch
+    from accelerate import Accelerator
+
+    from imagic_lora.config import ImagicConfig
+    from imagic_lora.interrupt import StopFlag
+    from imagic_lora.models import prepare_unet, training_noise_scheduler, weight_dtype_for
+    settings, mixed_precision, description = VARIANTS[args.variant]
+    accelerator = Accelerator(mixed_precision=mixed_precision if not args.tiny else "no")
+    device = accelerator.device
+    weight_dtype = weight_dtype_for(accelerator.mixed_precision)
+    if args.allow_tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    tmp = Path(tempfile.mkdtemp(prefix="imagic-bench-"))
+    pipe, resolution = build_pipeline(args.model, args.tiny, weight_dtype, device, tmp)
+    from imagic_lora.shapes import Scene, render_photo
+    render_photo(Scene("circle", "red", "large", "gray", 30, 30, 34), seed=0).resize((resolution, resolution)).save(
+        tmp / "input.png")
+    full_schedule = {k: settings.get(k, getattr(ImagicConfig(), k)) for k in ("emb_train_steps", "max_train_steps")}
+    measured = {k: min(v, args.max_measured_steps) for k, v in full_schedule.items()}
+    cfg = ImagicConfig(input_image=str(tmp / "input.png"), target_prompt="a large blue circle on a gray background",
+                       output_dir=str(tmp / "edit"), etas=[0.0, 0.6, 0.8, 1.0, 1.2], num_seeds=1,
+                       checkpointing_steps=0, **{**settings, **measured})
+    if cfg.enable_xformers_memory_efficient_attention:
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            return {"model": args.model, "variant": args.variant, "skipped": "xformers is not installed"}
+    prepare_unet(pipe, device, xformers=cfg.enable_xformers_memory_efficient_attention,
+                 gradient_checkpointing=cfg.gradient_checkpointing)
+    noise_scheduler = training_noise_scheduler(pipe)
+    flops = {"A": count_step_flops(pipe, noise_scheduler, cfg, weight_dtype, device, resolution, "A")}
+    cli = _load_cli()
+    if args.profile and device.type == "cuda":
+        record = _profiled_edit(cli, cfg, pipe, accelerator, noise_scheduler, Path(args.profile))
+    else:
+        record = cli.edit(cfg, pipe, accelerator, noise_scheduler, StopFlag())
+    # B's FLOPs need B's trainable parameters: count on a fresh adapter (or the full UNet).
+    cli.reset_unet(pipe, None, weight_dtype)
+    from imagic_lora.finetune import full_finetune_parameters
+    from imagic_lora.lora import add_lora
+    if cfg.full_finetune:
+        full_finetune_parameters(pipe.unet)
+    else:
+        add_lora(pipe.unet, rank=cfg.rank, alpha=cfg.effective_lora_alpha,
+                 target_modules=cfg.lora_target_module_list, seed=0)
+    flops["B"] = count_step_flops(pipe, noise_scheduler, cfg, weight_dtype, device, resolution, "B")
+    times = record["wall_time_s"]
+    scale = {"A": full_schedule["emb_train_steps"] / max(measured["emb_train_steps"], 1),
+             "B": full_schedule["max_train_steps"] / max(measured["max_train_steps"], 1)}
+    phases = {}
+    for phase in ("encode", "A", "B", "C", "save"):
+        entry = {"wall_s": times.get(phase, 0.0), **record.get("memory_per_phase", {}).get(phase, {})}
+        if phase in ("A", "B"):
+            steps = measured["emb_train_steps" if phase == "A" else "max_train_steps"]
+            entry.update(steps=steps, steps_per_s=steps / max(entry["wall_s"], 1e-9),
+                         tflops=flops[phase] * steps / max(entry["wall_s"], 1e-9) / 1e12,
+                         full_schedule_wall_s=entry["wall_s"] * scale[phase], extrapolated=scale[phase] > 1)
+        phases[phase] = entry
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    total = sum(p.get("full_schedule_wall_s", p["wall_s"]) for p in phases.values())
+    return {"model": args.model, "variant": args.variant, "description": description, "tiny": args.tiny,
+            "device": device_name, "bf16_peak_tflops": device_peak(device_name), "resolution": resolution,
+            "mixed_precision": accelerator.mixed_precision, "schedule": full_schedule, "measured_steps": measured,
+            "trainable_parameters": record["trainable_parameters"], "phases": phases, "total_wall_s": total,
+            "peak_allocated_gib": record["memory"].get("peak_allocated_gib"),
+            "peak_reserved_gib": record["memory"].get("peak_reserved_gib"),
+            "peak_rss_gib": record["memory"]["peak_rss_gib"], "versions": record["versions"]}
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("imagic_lora_cli", ROOT / "scripts" / "imagic_lora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _profiled_edit(cli, cfg, pipe, accelerator, noise_scheduler, out: Path) -> dict:
+    """The edit under torch.profiler; the top operators by CUDA time go to ``out``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from imagic_lora.interrupt import StopFlag
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=False) as prof:
+        record = cli.edit(cfg, pipe, accelerator, noise_scheduler, StopFlag())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
+    return record
+
+
+# ------------------------------------------------------------------------------------------------
+# The orchestrator
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    lines = ["# Speed and memory benchmark", "",
+             f"Command: `{meta['command']}`  ", f"Device: {meta['device']}; {meta['versions']}", "",
+             "| model | variant | A s | B s | C s (5 etas) | total s | peak alloc GiB | peak reserved GiB | "
+             "B steps/s | B TFLOP/s | vs paper: time | vs paper: memory |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    by_model = {}
+    for r in results:
+        by_model.setdefault(r["model"], {})[r["variant"]] = r
+    for model, runs in by_model.items():
+        baseline = runs.get("paper_full")
+        for variant, r in runs.items():
+            if "skipped" in r or "error" in r:
+                lines.append(f"| {model} | {variant} | {r.get('skipped') or r.get('error')} |||||||||||")
+                continue
+            p = r["phases"]
+            a, b = p["A"].get("full_schedule_wall_s", p["A"]["wall_s"]), p["B"].get("full_schedule_wall_s",
+                                                                                     p["B"]["wall_s"])
+            mark = "*" if p["A"]["extrapolated"] or p["B"]["extrapolated"] else ""
+            ratio_t = ratio_m = "-"
+            if baseline and "phases" in baseline:
+                ratio_t = f"{baseline['total_wall_s'] / r['total_wall_s']:.1f}x less"
+                if r["peak_allocated_gib"] and baseline["peak_allocated_gib"]:
+                    ratio_m = f"{baseline['peak_allocated_gib'] / r['peak_allocated_gib']:.1f}x less"
+            alloc = r["peak_allocated_gib"] if r["peak_allocated_gib"] is not None else "-"
+            reserved = r["peak_reserved_gib"] if r["peak_reserved_gib"] is not None else "-"
+            lines.append(f"| {model} | {variant} | {a:.1f}{mark} | {b:.1f}{mark} | {p['C']['wall_s']:.1f} | "
+                         f"{r['total_wall_s']:.1f}{mark} | {alloc} | {reserved} | {p['B']['steps_per_s']:.2f} | "
+                         f"{p['B']['tflops']:.1f} | {ratio_t} | {ratio_m} |")
+    lines += ["", "\\* extrapolated: the phase ran --max_measured_steps steps and its time is scaled to the full "
+              "schedule. TFLOP/s counts the FLOPs of one step (torch.utils.flop_counter) times the steps run."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["sd15", "sd21", "sdxl"], choices=list(MODELS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--tiny", action="store_true", help="Tiny models on the CPU: a smoke test, not a claim.")
+    parser.add_argument("--max_measured_steps", type=int, default=200,
+                        help="Steps measured per phase; longer schedules are extrapolated.")
+    parser.add_argument("--allow_tf32", action="store_true")
+    parser.add_argument("--profile", default=None, help="Write a torch.profiler table of each run to this folder.")
+    parser.add_argument("--output", default="benchmark", help="Writes OUTPUT.json and OUTPUT.md.")
+    parser.add_argument("--timeout", type=int, default=1800, help="Seconds allowed per variant.")
+    parser.add_argument("--_child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--_result", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args._child:
+        args.model, args.variant = args._child
+        if args.profile:
+            args.profile = str(Path(args.profile) / f"profile_{args.model}_{args.variant}.txt")
+        result = run_variant(args)
+        Path(args._result).write_text(json.dumps(result))
+        return 0
+
+    results = []
+    for model in args.models:
+        for variant in args.variants:
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+                result_path = f.name
+            cmd = [sys.executable, __file__, "--_child", model, variant, "--_result", result_path,
+                   "--max_measured_steps", str(args.max_measured_steps)] + (["--tiny"] if args.tiny else []) + (
+                ["--allow_tf32"] if args.allow_tf32 else []) + (["--profile", args.profile] if args.profile else [])
+            start = time.perf_counter()
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                if proc.returncode == 0:
+                    result = json.loads(Path(result_path).read_text())
+                else:
+                    tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                    result = {"model": model, "variant": variant, "error": tail[:200]}
+            except subprocess.TimeoutExpired:
+                result = {"model": model, "variant": variant, "error": f"over {args.timeout} s"}
+            finally:
+                os.unlink(result_path)
+            results.append(result)
+            summary = (f"{result['total_wall_s']:.1f} s, peak {result.get('peak_allocated_gib')} GiB allocated"
+                       if "phases" in result else result.get("skipped") or result.get("error"))
+            print(f"{model:>5} {variant:<22} {summary}  ({time.perf_counter() - start:.0f} s wall)", flush=True)
+    first = next((r for r in results if "phases" in r), {})
+    meta = {"command": "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "device": first.get("device", "?") + (" (tiny models: a smoke test, not a speed claim)"
+                                                    if args.tiny else ""),
+            "versions": ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).items())}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(results, meta))
+    print(f"benchmark: {out.with_suffix('.md')}")
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
