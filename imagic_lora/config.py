@@ -20,6 +20,9 @@ from .errors import ImagicInputError
 
 #: The model the package ships: a small Stable-Diffusion-format model of the "shapes world".
 BUNDLED_MODEL = Path(__file__).resolve().parent / "bundled" / "shapes-sd"
+#: What runs when no image is given: a bundled photo the bundled model never saw, and an edit.
+DEFAULT_EXAMPLE = Path(__file__).resolve().parent / "bundled" / "examples" / "red_circle.png"
+DEFAULT_TARGET_PROMPT = "a small blue circle on a white background"
 
 #: LoRA target-module presets. Attention projections are diffusers' default for LoRA; the
 #: larger presets add the feed-forward layers and the ResNet convolutions (kohya's "LoCon").

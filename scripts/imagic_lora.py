@@ -32,7 +32,7 @@ from imagic_lora.artifact import (  # noqa: E402
     CONFIG_NAME, StagedOutput, save_embeds, save_full_unet, save_lora_files, write_json, write_model_card)
 from imagic_lora.checkpoint import CheckpointStore  # noqa: E402
 from imagic_lora.conditioning import PromptEmbeds, encode_prompt, interpolate, is_sdxl, sdxl_time_ids  # noqa: E402
-from imagic_lora.config import ImagicConfig, parse_args  # noqa: E402
+from imagic_lora.config import BUNDLED_MODEL, DEFAULT_EXAMPLE, DEFAULT_TARGET_PROMPT, ImagicConfig, parse_args  # noqa: E402,E501
 from imagic_lora.diffusion import NonFiniteLossError, encode_image_latents  # noqa: E402
 from imagic_lora.embedding import optimize_embedding  # noqa: E402
 from imagic_lora.errors import ImagicInputError  # noqa: E402
@@ -63,12 +63,20 @@ def plan_jobs(cfg: ImagicConfig) -> list[Job]:
         return read_manifest(cfg.manifest)
     if cfg.tedbench:
         return read_tedbench(cfg.tedbench)
-    return [Job(None, cfg.input_image or "", cfg.target_prompt if cfg.target_prompt is not None else "")]
+    image, prompt = cfg.input_image, cfg.target_prompt
+    if image is None and Path(cfg.pretrained_model_name_or_path) == BUNDLED_MODEL:
+        # No image: the bundled example photo, and its edit unless a target text is given.
+        image, prompt = str(DEFAULT_EXAMPLE), DEFAULT_TARGET_PROMPT if prompt is None else prompt
+        logger.info("editing the bundled example %s towards %r", image, prompt)
+    if prompt is None:
+        raise ImagicInputError("--target_prompt", "is required: describe the wanted image")
+    return [Job(None, image or "", prompt)]
 
 
 def check_inputs(cfg: ImagicConfig, jobs: list[Job]) -> None:
     """Everything checkable before the weights load: files, numbers, output folder, vocabulary."""
     single = jobs[0].id is None
+    cfg = jobs[0].config(cfg) if single else cfg  # the single edit's image and prompt
     cfg.validate(check_image=single)
     for job in jobs[1:] if single else jobs:
         job.config(cfg).validate(check_image=False)
@@ -122,6 +130,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             latents = encode_image_latents(pipe.vae, pil_to_tensor(image))  # (1, C, h, w) fp32
             for module in encoders + [pipe.vae]:
                 module.to("cpu")
+            free_accelerator_cache(device)
             add_time_ids = sdxl_time_ids(resolution).to(device) if is_sdxl(pipe) else None
 
         # ---- A: optimise the embedding, the UNet frozen ----
@@ -184,7 +193,8 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
         # ---- C: generate along the interpolation (images already there from a resumed run stay) ----
         with timed(timings, "C", device, phase_memory):
             pipe.to(device)
-            pipe.scheduler = inference_scheduler(pipe, cfg.scheduler)
+            model_scheduler, pipe.scheduler = pipe.scheduler, inference_scheduler(pipe, cfg.scheduler)
+            scheduler_class = type(pipe.scheduler).__name__
             (out / "images").mkdir(exist_ok=True)
             images = {}
             for eta in cfg.etas:
@@ -196,8 +206,10 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                                        resolution=resolution).save(path)
                     images[(eta, seed)] = path
                     stop.check()
+            pipe.scheduler = model_scheduler  # the next edit starts from the model's own
             for module in encoders + [pipe.vae]:
                 module.to("cpu")
+            free_accelerator_cache(device)
 
         # ---- save the artifact ----
         with timed(timings, "save", device, phase_memory):
@@ -223,7 +235,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             "family": "sdxl" if is_sdxl(pipe) else "sd",
             "architecture": architecture,
             "pipeline_class": type(pipe).__name__,
-            "scheduler_class": type(pipe.scheduler).__name__,
+            "scheduler_class": scheduler_class,
             "prediction_type": noise_scheduler.config.prediction_type,
             "resolution": resolution,
             "seeds": cfg.seeds,
@@ -255,6 +267,12 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             tracker.close()
         stage.discard()  # a checkpoint (A or B) is kept for --resume
         raise
+
+
+def free_accelerator_cache(device) -> None:
+    """Hand the memory of modules that left the GPU back to the allocator's pool for others."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _opt(tensor, device):
