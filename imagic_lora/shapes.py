@@ -9,7 +9,7 @@ must keep.
 
 :func:`judge` reads shape, colour, size, background and the bounding-box centre back from any
 image, analytically: background from the border, the object as the pixels far from it, the
-shape from how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2).
+shape from how its mask fills its bounding box: overall, in the top half, and in the corners.
 """
 
 from __future__ import annotations
@@ -30,10 +30,15 @@ RESOLUTION = 64
 #: Every word a caption can use: the bundled model's closed vocabulary.
 WORDS = sorted({"a", "on", "background", *SHAPES, *COLORS, *SIZES, *BACKGROUNDS})
 
-# Each shape's prototype: (fill of its bounding box, share of its area in the box's top half),
-# as measured on clean anti-aliased renders (ideal: square 1 and 1/2, circle pi/4 and 1/2,
-# triangle 1/2 and 1/4; anti-aliasing lifts a small triangle's fill a little).
-_PROTOTYPES = {"square": (1.0, 0.5), "circle": (math.pi / 4, 0.5), "triangle": (0.53, 0.27)}
+# Each shape's prototype, measured on the object's mask (coverage >= 1/2) in clean renders:
+# (fill of its bounding box, share of its area in the box's top half, mean fill of the box's
+# four corner cells of a quarter of its width and height). Ideal values: square 1, 1/2, 1;
+# circle pi/4, 1/2, ~0.3; upright triangle 1/2, 1/4, ~0.4. The corners tell a slightly rounded
+# or blurred square from a circle far better than the fill alone does.
+_PROTOTYPES = {"square": (1.0, 0.5, 1.0), "circle": (0.77, 0.5, 0.29), "triangle": (0.53, 0.265, 0.41)}
+# The top-half share moves least under blur (a blurred triangle fills more of its box, but its
+# mass stays low): it counts four times in the squared distance.
+_FEATURE_WEIGHTS = (1.0, 4.0, 1.0)
 _SIZE_SPLIT = 24
 
 
@@ -145,6 +150,7 @@ class Reading:
     span: float
     fill: float
     top_share: float = 0.5
+    corners: float = 0.0
     found: bool = True
 
     def attributes(self) -> dict[str, str | None]:
@@ -195,27 +201,32 @@ def judge(image: Image.Image) -> Reading:
     core = _largest_component(distance > 0.5 * distance.max())
     object_rgb = np.median(pixels[core & (distance >= 0.75 * distance[core].max())], axis=0)
     color = _nearest(object_rgb, COLORS)
-    # Soft coverage: how far each pixel is from the background towards the object's colour.
+    # Coverage: how far each pixel is from the background towards the object's colour; the
+    # object is where coverage reaches one half (blur moves no edge across that level).
     direction = object_rgb - background_rgb
     alpha = np.clip(((pixels - plane) @ direction) / float(direction @ direction), 0.0, 1.0)
-    ys, xs = np.nonzero(core)
+    mask = _largest_component(alpha >= 0.5)
+    if not mask.any():
+        mask = core
+    ys, xs = np.nonzero(mask)
     top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
-    # Coverage inside the box, with a one-pixel rim for the anti-aliased edges.
-    t0, b0, l0, r0 = max(top - 1, 0), min(bottom + 2, RESOLUTION), max(left - 1, 0), min(right + 2, RESOLUTION)
-    area = float(alpha[t0:b0, l0:r0].sum())
-    width = float(alpha[t0:b0, l0:r0].max(axis=0).sum())
-    height = float(alpha[t0:b0, l0:r0].max(axis=1).sum())
-    fill = area / max(width * height, 1.0)
-    middle = (top + bottom + 1) / 2
-    rows = np.arange(t0, b0)[:, None] + 0.5
-    weights = np.clip(middle - rows + 0.5, 0.0, 1.0)  # the share of each row above the middle line
-    top_share = float((alpha[t0:b0, l0:r0] * weights).sum()) / max(area, 1e-6)
-    shape = min(_PROTOTYPES, key=lambda name: math.hypot(_PROTOTYPES[name][0] - fill,
-                                                          _PROTOTYPES[name][1] - top_share))
-    span = max(width, height)
+    box = mask[top:bottom + 1, left:right + 1]
+    height, width = box.shape
+    fill = float(box.mean())
+    upper = box[: height // 2].sum() + (0.5 * box[height // 2].sum() if height % 2 else 0.0)
+    top_share = float(upper / max(box.sum(), 1))
+    # Corners by soft coverage: a blurred corner pixel drops below one half but not to zero.
+    soft = alpha[top:bottom + 1, left:right + 1]
+    ch, cw = max(1, round(height / 4)), max(1, round(width / 4))
+    corners = float(np.mean([soft[:ch, :cw].mean(), soft[:ch, -cw:].mean(), soft[-ch:, :cw].mean(),
+                             soft[-ch:, -cw:].mean()]))
+    features = (fill, top_share, corners)
+    shape = min(_PROTOTYPES, key=lambda name: sum(w * (a - b) ** 2 for w, a, b in
+                                                  zip(_FEATURE_WEIGHTS, _PROTOTYPES[name], features)))
+    span = float(max(width, height))
     size = "small" if span < _SIZE_SPLIT else "large"
     return Reading(shape, color, size, background, (left + right + 1) / 2, (top + bottom + 1) / 2, span, fill,
-                   top_share)
+                   top_share, corners)
 
 
 def _fit_border_plane(pixels: np.ndarray) -> np.ndarray:

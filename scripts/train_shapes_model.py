@@ -66,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--eval_guidance_scales", type=float, nargs="+", default=[3.0, 5.0])
     p.add_argument("--eval_steps", type=int, default=25, help="DDIM steps for the evaluation samples.")
     p.add_argument("--smoke", action="store_true", help="A few steps of everything (tests).")
+    p.add_argument("--evaluate_only", action="store_true",
+                   help="Re-run only stage 3 on the model already in --output_dir (e.g. after a judge change).")
     return p.parse_args(argv)
 
 
@@ -279,6 +281,8 @@ def main(argv=None) -> int:
         args.num_images, args.vae_steps, args.unet_steps = 64, 2, 2
         args.eval_samples_per_caption, args.eval_guidance_scales, args.eval_steps = 1, [3.0], 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.evaluate_only:
+        return evaluate_saved(Path(args.output_dir), args, device)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     out = Path(args.output_dir)
@@ -330,13 +334,23 @@ def main(argv=None) -> int:
     report["training_time_s"] = {k: round(v, 1) for k, v in timings.items()}
     report["training_time_total_min"] = round(sum(timings.values()) / 60, 1)
 
-    # Evaluate the model as saved (fp16 weights, loaded back with from_pretrained).
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return evaluate_saved(out, args, device)
+
+
+def evaluate_saved(out: Path, args, device) -> int:
+    """Stage 3: the model as saved (fp16 weights, loaded back with from_pretrained), judged."""
+    report = json.loads((out / "training_report.json").read_text())
     start = time.perf_counter()
+    held_out, _ = render_dataset(256 if not args.smoke else 8, args.seed + 1)
     saved_vae = AutoencoderKL.from_pretrained(out, subfolder="vae", dtype=torch.float32).to(device)
     report["vae"]["heldout_psnr_db"] = vae_psnr(saved_vae, held_out, device)
     print(f"VAE reconstruction PSNR on {len(held_out)} held-out renders: {report['vae']['heldout_psnr_db']:.2f} dB")
     report["text_to_image"] = evaluate_text_to_image(out, args.eval_samples_per_caption, args.eval_guidance_scales,
                                                      args.eval_steps, args.seed + 7, device)
+    report["text_to_image_setup"] = {"sampler": "DDIM", "steps": args.eval_steps, "samples_per_caption":
+                                     args.eval_samples_per_caption, "captions": 72,
+                                     "judge": "imagic_lora.shapes.judge (this version)"}
     report["eval_time_s"] = round(time.perf_counter() - start, 1)
     (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("training_time_total_min", "size_mb")}))

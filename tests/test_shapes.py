@@ -29,6 +29,27 @@ def test_judge_reads_photos_with_gradient_blur_and_noise():
         assert shapes.centre_distance(reading, scene.cx, scene.cy) < 2.0
 
 
+def test_judge_reads_blurred_renders():
+    """Generated images are softer than renders: a Gaussian blur of 1 px changes no reading."""
+    from PIL import ImageFilter
+    rng = random.Random(2)
+    for _ in range(300):
+        scene = shapes.random_scene(rng)
+        reading = shapes.judge(shapes.render(scene).filter(ImageFilter.GaussianBlur(1.0)))
+        assert reading.attributes() == scene.attributes(), (scene, reading)
+        assert shapes.centre_distance(reading, scene.cx, scene.cy) < 2.0
+
+
+def test_judge_reads_a_rounded_square_as_a_square():
+    """A square with rounded corners (a quarter of its side) is still a square, not a circle."""
+    from PIL import ImageDraw
+    for side in (14, 18, 32):
+        image = Image.new("RGB", (256, 256), shapes.BACKGROUNDS["white"])
+        ImageDraw.Draw(image).rounded_rectangle((64, 64, 64 + 4 * side, 64 + 4 * side), radius=side,
+                                                fill=shapes.COLORS["blue"])
+        assert shapes.judge(image.resize((64, 64), Image.Resampling.BOX)).shape == "square", side
+
+
 @pytest.mark.parametrize("attribute,value", [("shape", "square"), ("color", "blue"), ("size", "large"),
                                              ("background", "black")])
 def test_judge_tells_one_changed_attribute(attribute, value):
