@@ -48,7 +48,7 @@ from imagic_lora.config import BUNDLED_MODEL  # noqa: E402
 PLACE_TOLERANCE_PX = 6.0
 IMAGIC_METHODS = {
     "imagic_lora": [],
-    "imagic_full": ["--full_finetune", "--learning_rate", "2e-5", "--no-use_8bit_adam"],
+    "imagic_full": ["--full_finetune", "--learning_rate", "3e-5", "--no-use_8bit_adam"],
     "imagic_no_b": ["--max_train_steps", "0"],
 }
 
@@ -229,6 +229,9 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
         phase_text = " / ".join(f"{phases[k]:.1f}" for k in ("A", "B", "C")) if phases else "-"
         lines.append(f"| {method} | {setting} | {best['success']:.0%} | {best['place']:.0%} | **{best['both']:.0%}** "
                      f"| {s['wall_s_per_case']:.1f} | {phase_text} |")
+    lines += goal_lines(summary, meta)
+    if meta.get("notes"):
+        lines += ["", meta["notes"].rstrip()]
     lines += ["", "## Every setting", "", "| method | eta / strength | success | place kept | both | "
               "both: shape | colour | size | background |", "|---|---|---|---|---|---|---|---|---|"]
     for method, s in summary.items():
@@ -237,6 +240,38 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
             lines.append(f"| {method} | {setting} | {v['success']:.0%} | {v['place']:.0%} | {v['both']:.0%} | "
                          + " | ".join(f"{att.get(a, 0):.0%}" for a in shapes.ATTRIBUTES) + " |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def goal_lines(summary: dict, meta: dict) -> list[str]:
+    """Imagic-LoRA at the CLI's recommended eta (chosen beforehand, not the best of this run)
+    against the others; SDEdit and no-B at the setting whose edit success matches it."""
+    eta = meta.get("recommended_eta")
+    key = str(float(eta)) if eta is not None else None
+    if "imagic_lora" not in summary or key not in summary["imagic_lora"]["settings"]:
+        return []
+    ours = summary["imagic_lora"]["settings"][key]
+    lines = ["", f"## Imagic-LoRA at its recommended eta ({key}) against the others", "",
+             "| method | setting | success | place kept | both |", "|---|---|---|---|---|",
+             f"| imagic_lora (recommended eta) | {key} | {ours['success']:.0%} | {ours['place']:.0%} | "
+             f"**{ours['both']:.0%}** |"]
+    for method in ("imagic_full", "imagic_no_b", "sdedit", "text2img"):
+        if method not in summary:
+            continue
+        settings = summary[method]["settings"]
+        if method == "imagic_full" and key in settings:
+            label, v = f"{key} (same eta)", settings[key]
+        else:
+            # matched edit success: the least edit success at least ours, else the most there is
+            reaching = [(k, v) for k, v in settings.items() if v["success"] >= ours["success"]]
+            k, v = (min(reaching, key=lambda kv: kv[1]["success"]) if reaching
+                    else max(settings.items(), key=lambda kv: kv[1]["success"]))
+            label = f"{k} (matched success)" if reaching else f"{k} (its most success)"
+        lines.append(f"| {method} | {label} | {v['success']:.0%} | {v['place']:.0%} | {v['both']:.0%} |")
+        if method == "imagic_full":
+            k, best = best_setting(summary[method])
+            lines.append(f"| imagic_full (its best eta) | {k} | {best['success']:.0%} | {best['place']:.0%} | "
+                         f"{best['both']:.0%} |")
+    return lines
 
 
 def write_plot(path: Path, summary: dict) -> None:
@@ -314,6 +349,8 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", default="docs")
     p.add_argument("--prefix", default="shapes_benchmark", help="File name prefix of the outputs.")
     p.add_argument("--examples", type=int, default=8, help="Cases in the example contact sheet (0: none).")
+    p.add_argument("--notes", default=None, help="A markdown file whose text the report includes (the defaults "
+                                                 "chosen and why).")
     return p.parse_args(argv)
 
 
@@ -347,7 +384,9 @@ def main(argv=None) -> int:
             "device": f"CPU, {args.workers} processes x 1 thread", "torch": torch.__version__,
             "diffusers": diffusers.__version__, "elapsed_min": round(elapsed / 60, 1),
             "methods": {k: v for k, v in methods.items()}, "etas": args.etas, "strengths": args.strengths,
-            "inputs_read_correctly": sum(r["input_read_ok"] for r in results)}
+            "inputs_read_correctly": sum(r["input_read_ok"] for r in results),
+            "recommended_eta": defaults.recommended_eta, "cli_defaults": defaults.to_dict(),
+            "notes": Path(args.notes).read_text() if args.notes else None}
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.prefix}.json").write_text(json.dumps({"meta": meta, "summary": summary, "cases": results},
