@@ -267,8 +267,8 @@ def goal_lines(summary: dict, meta: dict) -> list[str]:
                     else max(settings.items(), key=lambda kv: kv[1]["success"]))
             label = f"{k} (matched success)" if reaching else f"{k} (its most success)"
         lines.append(f"| {method} | {label} | {v['success']:.0%} | {v['place']:.0%} | {v['both']:.0%} |")
-        if method == "imagic_full":
-            k, best = best_setting(summary[method])
+        k, best = best_setting(summary[method]) if method == "imagic_full" else (None, None)
+        if best is not None and k != key:
             lines.append(f"| imagic_full (its best eta) | {k} | {best['success']:.0%} | {best['place']:.0%} | "
                          f"{best['both']:.0%} |")
     return lines
