@@ -46,10 +46,13 @@ from imagic_lora import shapes  # noqa: E402
 from imagic_lora.config import BUNDLED_MODEL  # noqa: E402
 
 PLACE_TOLERANCE_PX = 6.0
+# The references are pinned to the schedule they were tuned with (step A 300 x 1e-2; full fine-tuning
+# 200 steps at 3e-5, its best of 1e-5 / 3e-5), whatever the CLI's defaults become.
 IMAGIC_METHODS = {
     "imagic_lora": [],
-    "imagic_full": ["--full_finetune", "--learning_rate", "3e-5", "--no-use_8bit_adam"],
-    "imagic_no_b": ["--max_train_steps", "0"],
+    "imagic_full": ["--full_finetune", "--learning_rate", "3e-5", "--no-use_8bit_adam", "--emb_train_steps", "300",
+                    "--max_train_steps", "200"],
+    "imagic_no_b": ["--max_train_steps", "0", "--emb_train_steps", "300"],
 }
 
 
@@ -163,6 +166,31 @@ def run_case(case: Case, methods: dict[str, list[str]], baselines: list[str], ar
     return result
 
 
+def merge_reused(results: list[dict], path: Path, args) -> dict:
+    """Add to ``results`` the methods an earlier run measured and this one did not; refuse a run
+    made on other cases or settings. Returns what was taken, for the report."""
+    earlier = json.loads(path.read_text())
+    meta = earlier["meta"]
+    for key, value in (("num_seeds", args.num_seeds), ("etas", args.etas), ("strengths", args.strengths)):
+        if meta[key] != value:
+            raise SystemExit(f"--reuse: {path} was run with {key} {meta[key]}, this run with {value}")
+    old = {r["case"]: r for r in earlier["cases"]}
+    taken = set()
+    for result in results:
+        before = old.get(result["case"])
+        if before is None or (before["input"], before["target"]) != (result["input"], result["target"]):
+            raise SystemExit(f"--reuse: {path} holds another case {result['case']} (different --seed or --num_cases)")
+        for method, value in before["methods"].items():
+            if method not in result["methods"]:
+                result["methods"][method] = value
+                taken.add(method)
+    then = meta.get("cli_defaults", {})
+    return {"file": str(path), "command": meta["command"], "methods": sorted(taken),
+            "flags": {m: f for m, f in meta["methods"].items() if m in taken},
+            "cli_defaults_then": {k: then.get(k) for k in ("emb_train_steps", "emb_learning_rate", "max_train_steps",
+                                                           "learning_rate", "guidance_scale", "num_inference_steps")}}
+
+
 def _worker(payload):
     cases, methods, baselines, args, threads = payload
     torch.set_num_threads(threads)
@@ -218,7 +246,7 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
              f"never saw. Judge: `imagic_lora.shapes.judge`. *success*: all four target attributes read back; "
              f"*place*: bounding-box centre within {PLACE_TOLERANCE_PX:.0f} px of the input's; *both*: the two "
              f"together. Rates are over cases x seeds.", "",
-             f"Command: `{meta['command']}`  ", f"Machine: {meta['device']}; torch {meta['torch']}, "
+             f"Command: `{meta['command']}`  ", *reused_lines(meta), f"Machine: {meta['device']}; torch {meta['torch']}, "
              f"diffusers {meta['diffusers']}; model `{meta['model']}`.", "",
              "## Best setting of each method", "",
              "| method | best eta / strength | success | place kept | both | wall time per case (s) | A / B / C (s) |",
@@ -240,6 +268,17 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
             lines.append(f"| {method} | {setting} | {v['success']:.0%} | {v['place']:.0%} | {v['both']:.0%} | "
                          + " | ".join(f"{att.get(a, 0):.0%}" for a in shapes.ATTRIBUTES) + " |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def reused_lines(meta: dict) -> list[str]:
+    reused = meta.get("reused")
+    if not reused:
+        return []
+    return [f"Rows of {', '.join(reused['methods'])}: from an earlier run of the same cases, seeds and settings "
+            f"(`{reused['command']}`; `--reuse {reused['file']}`), run then with "
+            f"{'; '.join(f'{m}: `{shlex.join(f)}`' for m, f in reused['flags'].items())} on the CLI defaults of "
+            f"then ({', '.join(f'{k} {v}' for k, v in reused['cli_defaults_then'].items())}): the settings the "
+            f"pinned flags in IMAGIC_METHODS give today.  "]
 
 
 def goal_lines(summary: dict, meta: dict) -> list[str]:
@@ -349,6 +388,9 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", default="docs")
     p.add_argument("--prefix", default="shapes_benchmark", help="File name prefix of the outputs.")
     p.add_argument("--examples", type=int, default=8, help="Cases in the example contact sheet (0: none).")
+    p.add_argument("--reuse", default=None, metavar="JSON",
+                   help="An earlier run's <prefix>.json: the methods this run does not run are taken from it "
+                        "(it must hold the same cases, seeds, etas and strengths; checked).")
     p.add_argument("--notes", default=None, help="A markdown file whose text the report includes (the defaults "
                                                  "chosen and why).")
     return p.parse_args(argv)
@@ -376,6 +418,7 @@ def main(argv=None) -> int:
         parts = [_worker((cases, methods, baselines, args, torch.get_num_threads()))]
     results = sorted((r for part in parts for r in part), key=lambda r: r["case"])
     elapsed = time.perf_counter() - start
+    reused = merge_reused(results, Path(args.reuse), args) if args.reuse else None
     summary = summarise(results)
     import diffusers
     meta = {"num_cases": len(cases), "num_seeds": args.num_seeds, "model": os.path.relpath(args.model, ROOT)
@@ -383,7 +426,7 @@ def main(argv=None) -> int:
             "command": "python scripts/evaluate_shapes.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "device": f"CPU, {args.workers} processes x 1 thread", "torch": torch.__version__,
             "diffusers": diffusers.__version__, "elapsed_min": round(elapsed / 60, 1),
-            "methods": {k: v for k, v in methods.items()}, "etas": args.etas, "strengths": args.strengths,
+            "methods": {**(reused or {}).get("flags", {}), **methods}, "etas": args.etas, "reused": reused, "strengths": args.strengths,
             "inputs_read_correctly": sum(r["input_read_ok"] for r in results),
             "recommended_eta": defaults.recommended_eta, "cli_defaults": defaults.to_dict(),
             "notes": Path(args.notes).read_text() if args.notes else None}

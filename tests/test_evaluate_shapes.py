@@ -1,0 +1,67 @@
+"""The shapes benchmark's bookkeeping: its cases, and reusing an earlier run's rows."""
+
+import importlib.util
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("evaluate_shapes", ROOT / "scripts" / "evaluate_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["evaluate_shapes"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cases_change_one_attribute_each_kind_in_turn(bench):
+    cases = bench.make_cases(8, seed=0)
+    assert [c.attribute for c in cases] == ["shape", "color", "size", "background"] * 2
+    for case in cases:
+        changed = [k for k, v in case.target.attributes().items() if v != case.scene.attributes()[k]]
+        assert changed == [case.attribute]
+    assert [c.target_prompt for c in bench.make_cases(8, seed=0)] == [c.target_prompt for c in cases]
+    assert [c.target_prompt for c in bench.make_cases(8, seed=1)] != [c.target_prompt for c in cases]
+
+
+def _run(cases, methods, etas=(0.0, 1.0)):
+    results = [{"case": c.index, "attribute": c.attribute, "input": c.scene.caption, "target": c.target_prompt,
+                "methods": {m: {"records": [{"setting": e, "seed": 0, "success": True, "place": m == "a",
+                                             "both": m == "a"} for e in etas], "wall_s": 1.0} for m in methods}}
+               for c in cases]
+    meta = {"num_seeds": 1, "etas": list(etas), "strengths": [0.5], "command": "python scripts/evaluate_shapes.py",
+            "methods": {m: ["--flag", m] for m in methods}, "cli_defaults": {"emb_train_steps": 300}}
+    return results, meta
+
+
+def test_reuse_takes_the_methods_not_run_and_only_those(bench, tmp_path):
+    cases = bench.make_cases(4, seed=0)
+    old_results, meta = _run(cases, ["a", "b", "c"])
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"meta": meta, "cases": old_results}))
+    new_results, _ = _run(cases, ["a"])
+    new_results[0]["methods"]["a"]["records"][0]["place"] = False  # this run's own rows stay its own
+    args = Namespace(num_seeds=1, etas=[0.0, 1.0], strengths=[0.5])
+    reused = bench.merge_reused(new_results, earlier, args)
+    assert reused["methods"] == ["b", "c"] and reused["flags"] == {"b": ["--flag", "b"], "c": ["--flag", "c"]}
+    assert all(set(r["methods"]) == {"a", "b", "c"} for r in new_results)
+    assert new_results[0]["methods"]["a"]["records"][0]["place"] is False
+    assert bench.summarise(new_results)["b"]["settings"]["1.0"]["n"] == 4
+
+
+def test_reuse_refuses_other_cases_or_settings(bench, tmp_path):
+    old_results, meta = _run(bench.make_cases(4, seed=0), ["a", "b"])
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"meta": meta, "cases": old_results}))
+    other_cases, _ = _run(bench.make_cases(4, seed=5), ["a"])
+    with pytest.raises(SystemExit, match="another case"):
+        bench.merge_reused(other_cases, earlier, Namespace(num_seeds=1, etas=[0.0, 1.0], strengths=[0.5]))
+    same_cases, _ = _run(bench.make_cases(4, seed=0), ["a"])
+    with pytest.raises(SystemExit, match="etas"):
+        bench.merge_reused(same_cases, earlier, Namespace(num_seeds=1, etas=[0.0, 0.8], strengths=[0.5]))
