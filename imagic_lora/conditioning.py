@@ -48,6 +48,12 @@ class PromptEmbeds:
         return out
 
     @classmethod
+    def cat(cls, embeds: list["PromptEmbeds"]) -> "PromptEmbeds":
+        """A batch: (N, L, D) [+ (N, P)] from N single conditionings, in order."""
+        pooled = [e.pooled_prompt_embeds for e in embeds]
+        return cls(torch.cat([e.prompt_embeds for e in embeds]), None if pooled[0] is None else torch.cat(pooled))
+
+    @classmethod
     def from_state_dict(cls, tensors: dict[str, torch.Tensor], prefix: str) -> "PromptEmbeds":
         return cls(tensors[f"{prefix}_prompt_embeds"], tensors.get(f"{prefix}_pooled_prompt_embeds"))
 

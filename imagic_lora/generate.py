@@ -3,7 +3,9 @@
 Generation goes through the pipeline's own ``__call__`` with ``prompt_embeds`` (and, for SDXL,
 ``pooled_prompt_embeds``); the unconditional embedding for classifier-free guidance is the
 pipeline's own encoding of "". A user's stock pipeline with the same LoRA, embeddings,
-scheduler, steps, guidance and seed therefore computes the very same images.
+scheduler, steps, guidance and seed therefore computes the same images: bit for bit when both
+draw one image per call, and to within rounding (a few pixels off by 1 of 255) when the sweep
+drew several per call, since a batched convolution sums in another order.
 """
 
 from __future__ import annotations
@@ -30,16 +32,32 @@ def generate_image(pipe, embeds: PromptEmbeds, *, seed: int, guidance_scale: flo
                 num_inference_steps=num_inference_steps, generator=seeded_generator(seed)).images[0]
 
 
+@torch.no_grad()
+def generate_images(pipe, embeds: list[PromptEmbeds], seeds: list[int], *, guidance_scale: float,
+                    num_inference_steps: int, resolution: int | None = None) -> list[Image.Image]:
+    """N images in one pipeline call: image i from ``embeds[i]`` (1, L, D) [+ (1, P)] and the
+    initial latents of ``seeds[i]``, drawn as :func:`generate_image` draws them.
+
+    On a CPU one call of 4 images takes about half the time of 4 calls of one.
+    """
+    kwargs = PromptEmbeds.cat(embeds).pipeline_kwargs(dtype=pipe.unet.dtype)
+    kwargs = {k: v.to(pipe.device) for k, v in kwargs.items()}
+    return pipe(**kwargs, height=resolution, width=resolution, guidance_scale=guidance_scale,
+                num_inference_steps=num_inference_steps, generator=[seeded_generator(s) for s in seeds]).images
+
+
 def generate_sweep(pipe, e_tgt: PromptEmbeds, e_opt: PromptEmbeds, *, etas: list[float], seeds: list[int],
                    guidance_scale: float, num_inference_steps: int, resolution: int | None = None,
-                   show_progress: bool = True) -> dict[tuple[float, int], Image.Image]:
-    """{(η, seed): image} for ē = η·e_tgt + (1−η)·e_opt over every η and seed."""
+                   batch_size: int = 1, show_progress: bool = True) -> dict[tuple[float, int], Image.Image]:
+    """{(η, seed): image} for ē = η·e_tgt + (1−η)·e_opt over every η and seed, ``batch_size`` per call."""
     images = {}
     pairs = [(eta, seed) for eta in etas for seed in seeds]
-    for eta, seed in tqdm(pairs, desc="C: generate", disable=not show_progress):
-        images[(eta, seed)] = generate_image(pipe, interpolate(e_tgt, e_opt, eta), seed=seed,
-                                             guidance_scale=guidance_scale,
-                                             num_inference_steps=num_inference_steps, resolution=resolution)
+    for start in tqdm(range(0, len(pairs), batch_size), desc="C: generate", disable=not show_progress):
+        chunk = pairs[start:start + batch_size]
+        made = generate_images(pipe, [interpolate(e_tgt, e_opt, eta) for eta, _ in chunk], [s for _, s in chunk],
+                               guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+                               resolution=resolution)
+        images.update(zip(chunk, made))
     return images
 
 

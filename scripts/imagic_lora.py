@@ -37,7 +37,7 @@ from imagic_lora.diffusion import NonFiniteLossError, encode_image_latents  # no
 from imagic_lora.embedding import optimize_embedding  # noqa: E402
 from imagic_lora.errors import ImagicInputError  # noqa: E402
 from imagic_lora.finetune import finetune, full_finetune_parameters, make_optimizer  # noqa: E402
-from imagic_lora.generate import generate_image, image_name  # noqa: E402
+from imagic_lora.generate import generate_images, image_name  # noqa: E402
 from imagic_lora.images import contact_sheet, load_image, pil_to_tensor  # noqa: E402
 from imagic_lora.interrupt import Interrupted, StopFlag  # noqa: E402
 from imagic_lora.jobs import Job, is_complete, read_manifest, read_tedbench, write_summary  # noqa: E402
@@ -50,9 +50,10 @@ from imagic_lora.vocabulary import unknown_words  # noqa: E402
 
 logger = logging.getLogger("imagic_lora")
 
-#: Settings that do not change what an edit computes: a checkpoint made under other values resumes.
+#: Settings that do not change what an edit computes (sample_batch_size: only the rounding of step
+#: C's images): a checkpoint made under other values resumes.
 RESUMABLE_DIFFERENCES = {"overwrite", "resume", "checkpointing_steps", "checkpoints_total_limit", "report_to",
-                         "manifest", "tedbench"}
+                         "manifest", "tedbench", "sample_batch_size"}
 
 
 # ---- 1. parse and check ----------------------------------------------------------------------
@@ -196,16 +197,17 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             model_scheduler, pipe.scheduler = pipe.scheduler, inference_scheduler(pipe, cfg.scheduler)
             scheduler_class = type(pipe.scheduler).__name__
             (out / "images").mkdir(exist_ok=True)
-            images = {}
-            for eta in cfg.etas:
-                for seed in cfg.seeds:
-                    path = out / "images" / image_name(eta, seed)
-                    if not path.is_file():
-                        generate_image(pipe, interpolate(e_tgt, e_opt, eta), seed=seed,
-                                       guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.num_inference_steps,
-                                       resolution=resolution).save(path)
-                    images[(eta, seed)] = path
-                    stop.check()
+            images = {(eta, seed): out / "images" / image_name(eta, seed) for eta in cfg.etas for seed in cfg.seeds}
+            pending = [pair for pair, path in images.items() if not path.is_file()]
+            batch = cfg.sample_batch_size or (1 if is_sdxl(pipe) else 4)
+            for start in range(0, len(pending), batch):
+                chunk = pending[start:start + batch]
+                made = generate_images(pipe, [interpolate(e_tgt, e_opt, eta) for eta, _ in chunk],
+                                       [seed for _, seed in chunk], guidance_scale=cfg.guidance_scale,
+                                       num_inference_steps=cfg.num_inference_steps, resolution=resolution)
+                for pair, picture in zip(chunk, made):
+                    picture.save(images[pair])
+                stop.check()
             pipe.scheduler = model_scheduler  # the next edit starts from the model's own
             for module in encoders + [pipe.vae]:
                 module.to("cpu")
@@ -239,6 +241,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             "prediction_type": noise_scheduler.config.prediction_type,
             "resolution": resolution,
             "seeds": cfg.seeds,
+            "sample_batch_size": batch,
             "lora_alpha_used": cfg.effective_lora_alpha,
             "lora_target_module_list": cfg.lora_target_module_list,
             "trainable_parameters": n_trainable,
@@ -310,6 +313,7 @@ def failure_message(error: BaseException) -> str:
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return ("CUDA out of memory; levers that fit a smaller card: --gradient_checkpointing, --use_8bit_adam, "
                 "a lower --rank, a lower --resolution, --train_batch_size 1 with --gradient_accumulation_steps, "
+                "--sample_batch_size 1, "
                 "--mixed_precision fp16/bf16")
     return str(error) if isinstance(error, (ImagicInputError, NonFiniteLossError)) else \
         f"{type(error).__name__}: {error}"
@@ -335,69 +339,70 @@ def main(argv: list[str] | None = None) -> int:
     # ---- 2. Accelerator: the device, mixed precision; each process takes its share of the jobs ----
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-    stop = StopFlag().install()
-    if cfg.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    # Frozen weights in the reduced dtype; trainable tensors and losses stay fp32.
-    weight_dtype = weight_dtype_for(accelerator.mixed_precision)
+    # SIGINT/SIGTERM finish the current step and save a checkpoint; the handlers before are back after.
+    with StopFlag() as stop:
+        if cfg.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        # Frozen weights in the reduced dtype; trainable tensors and losses stay fp32.
+        weight_dtype = weight_dtype_for(accelerator.mixed_precision)
 
-    # ---- 3. load the base model, once per process ----
-    load_timing: dict[str, float] = {}
-    with timed(load_timing, "model_load", accelerator.device):
-        pipe = load_pipeline(cfg.pretrained_model_name_or_path, revision=cfg.revision, variant=cfg.variant,
-                             weight_dtype=weight_dtype,
-                             vae_model_name_or_path=cfg.pretrained_vae_model_name_or_path)
-        prepare_unet(pipe, accelerator.device, xformers=cfg.enable_xformers_memory_efficient_attention,
-                     gradient_checkpointing=cfg.gradient_checkpointing, vae_tiling=cfg.enable_vae_tiling)
-    noise_scheduler = training_noise_scheduler(pipe)
-    # A full fine-tune changes the base weights: keep a copy to restore between edits.
-    base_state = ({k: v.detach().to("cpu", copy=True) for k, v in pipe.unet.state_dict().items()}
-                  if cfg.full_finetune and len(jobs) > 1 else None)
+        # ---- 3. load the base model, once per process ----
+        load_timing: dict[str, float] = {}
+        with timed(load_timing, "model_load", accelerator.device):
+            pipe = load_pipeline(cfg.pretrained_model_name_or_path, revision=cfg.revision, variant=cfg.variant,
+                                 weight_dtype=weight_dtype,
+                                 vae_model_name_or_path=cfg.pretrained_vae_model_name_or_path)
+            prepare_unet(pipe, accelerator.device, xformers=cfg.enable_xformers_memory_efficient_attention,
+                         gradient_checkpointing=cfg.gradient_checkpointing, vae_tiling=cfg.enable_vae_tiling)
+        noise_scheduler = training_noise_scheduler(pipe)
+        # A full fine-tune changes the base weights: keep a copy to restore between edits.
+        base_state = ({k: v.detach().to("cpu", copy=True) for k, v in pipe.unet.state_dict().items()}
+                      if cfg.full_finetune and len(jobs) > 1 else None)
 
-    # ---- 4. the edits: A, B, C, save each ----
-    rows, interrupted = [], None
-    with accelerator.split_between_processes(jobs) as my_jobs:
-        for job in my_jobs:
-            job_cfg = job.config(cfg)
-            row = {"id": job.id, "input_image": job.input_image, "target_prompt": job.target_prompt,
-                   "output_dir": job_cfg.output_dir, "status": "ok", "error": None,
-                   "model_load_s": round(load_timing["model_load"], 3), "process": accelerator.process_index}
-            if many and is_complete(job_cfg.output_dir) and not cfg.overwrite:
-                done = json.loads((Path(job_cfg.output_dir) / CONFIG_NAME).read_text())
-                rows.append({**row, **summary_fields(done), "status": "skipped (complete)"})
-                continue
-            try:
-                if many:
-                    job_cfg.validate(check_image=True)
-                record = edit(job_cfg, pipe, accelerator, noise_scheduler, stop)
-                rows.append({**row, **summary_fields(record)})
-            except Interrupted as e:
-                interrupted = e.signum
-                rows.append({**row, "status": "interrupted", "error": "interrupted; rerun with --resume"})
-                print(f"imagic_lora: interrupted; the checkpoint is saved: rerun the same command with --resume",
-                      file=sys.stderr)
-                break
-            except Exception as e:  # one edit's failure is recorded; the run goes on
-                if not many and not isinstance(e, (ImagicInputError, NonFiniteLossError,
-                                                   torch.cuda.OutOfMemoryError)):
-                    raise
-                rows.append({**row, "status": "failed", "error": failure_message(e),
-                             "input_error": isinstance(e, ImagicInputError)})
-                print(f"imagic_lora: error: {job.id + ': ' if many else ''}{failure_message(e)}", file=sys.stderr)
-            finally:
-                reset_unet(pipe, base_state, weight_dtype)
+        # ---- 4. the edits: A, B, C, save each ----
+        rows, interrupted = [], None
+        with accelerator.split_between_processes(jobs) as my_jobs:
+            for job in my_jobs:
+                job_cfg = job.config(cfg)
+                row = {"id": job.id, "input_image": job.input_image, "target_prompt": job.target_prompt,
+                       "output_dir": job_cfg.output_dir, "status": "ok", "error": None,
+                       "model_load_s": round(load_timing["model_load"], 3), "process": accelerator.process_index}
+                if many and is_complete(job_cfg.output_dir) and not cfg.overwrite:
+                    done = json.loads((Path(job_cfg.output_dir) / CONFIG_NAME).read_text())
+                    rows.append({**row, **summary_fields(done), "status": "skipped (complete)"})
+                    continue
+                try:
+                    if many:
+                        job_cfg.validate(check_image=True)
+                    record = edit(job_cfg, pipe, accelerator, noise_scheduler, stop)
+                    rows.append({**row, **summary_fields(record)})
+                except Interrupted as e:
+                    interrupted = e.signum
+                    rows.append({**row, "status": "interrupted", "error": "interrupted; rerun with --resume"})
+                    print(f"imagic_lora: interrupted; the checkpoint is saved: rerun the same command with --resume",
+                          file=sys.stderr)
+                    break
+                except Exception as e:  # one edit's failure is recorded; the run goes on
+                    if not many and not isinstance(e, (ImagicInputError, NonFiniteLossError,
+                                                       torch.cuda.OutOfMemoryError)):
+                        raise
+                    rows.append({**row, "status": "failed", "error": failure_message(e),
+                                 "input_error": isinstance(e, ImagicInputError)})
+                    print(f"imagic_lora: error: {job.id + ': ' if many else ''}{failure_message(e)}", file=sys.stderr)
+                finally:
+                    reset_unet(pipe, base_state, weight_dtype)
 
-    # ---- 5. report ----
-    if many:
-        rows = gather_rows(accelerator, cfg.output_dir, rows, [job.id for job in jobs])
-    if accelerator.is_main_process:
-        print_summary(cfg, rows, many)
-    if interrupted:
-        return 128 + interrupted
-    if not many and rows[0]["status"] == "failed" and rows[0].get("input_error"):
-        return 2
-    return 1 if any(row["status"] == "failed" for row in rows) else 0
+        # ---- 5. report ----
+        if many:
+            rows = gather_rows(accelerator, cfg.output_dir, rows, [job.id for job in jobs])
+        if accelerator.is_main_process:
+            print_summary(cfg, rows, many)
+        if interrupted:
+            return 128 + interrupted
+        if not many and rows[0]["status"] == "failed" and rows[0].get("input_error"):
+            return 2
+        return 1 if any(row["status"] == "failed" for row in rows) else 0
 
 
 def summary_fields(record: dict) -> dict:

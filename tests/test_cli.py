@@ -19,8 +19,11 @@ from safetensors.torch import load_file
 from conftest import ROOT
 from imagic_lora.artifact import load_edit, read_safetensors_metadata
 
+# One image per pipeline call: each image is then bit-identical to a one-image stock pipeline call
+# (the reproduction tests); the batched default is checked against it below.
 FAST = ["--emb_train_steps", "8", "--max_train_steps", "8", "--train_batch_size", "2", "--etas", "0", "0.7", "1.3",
-        "--num_seeds", "2", "--num_inference_steps", "4", "--guidance_scale", "3", "--seed", "11"]
+        "--num_seeds", "2", "--num_inference_steps", "4", "--guidance_scale", "3", "--seed", "11",
+        "--sample_batch_size", "1"]
 
 
 def load_script():
@@ -126,6 +129,26 @@ def test_load_edit_and_generate_helper_reproduce_the_script(launched, tiny_sd):
     edit = load_edit(pipe, out)
     image = generate_image(pipe, edit.embeds(0.0), seed=11, guidance_scale=3, num_inference_steps=4)
     assert np.array_equal(np.asarray(image), np.asarray(Image.open(out / "images" / "eta_0.00_seed_11.png")))
+
+
+def test_batched_sweep_matches_one_image_per_call_to_rounding(launched, tiny_sd):
+    """The default draws several images per call: the same images up to the summation order of a
+    batched convolution, i.e. a few pixels off by at most 1 of 255."""
+    from imagic_lora.generate import generate_sweep
+    out, _ = launched
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd), safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    edit = load_edit(pipe, out)
+    images = generate_sweep(pipe, edit.e_tgt, edit.e_opt, etas=[0.0, 0.7, 1.3], seeds=[11, 12], guidance_scale=3,
+                            num_inference_steps=4, batch_size=4, show_progress=False)
+    assert sorted(images) == [(eta, seed) for eta in (0.0, 0.7, 1.3) for seed in (11, 12)]
+    for (eta, seed), image in images.items():
+        one_per_call = np.asarray(Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seed}.png")).astype(int)
+        difference = np.abs(np.asarray(image).astype(int) - one_per_call)
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.01, (eta, seed)
+    # and not one image six times: the sweep's images differ from each other
+    assert not np.array_equal(np.asarray(images[(0.0, 11)]), np.asarray(images[(1.3, 12)]))
 
 
 def test_same_seed_gives_the_same_artifact(launched, tiny_sd, input_png, tmp_path):

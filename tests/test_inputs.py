@@ -113,7 +113,7 @@ def test_a_crash_leaves_no_artifact_only_resumable_checkpoints(tiny_sd, input_pn
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash in step C")
     script = load_script()
-    monkeypatch.setattr(script, "generate_image", boom)
+    monkeypatch.setattr(script, "generate_images", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         script.main(["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
                      "--target_prompt", "a red circle", "--output_dir", str(tmp_path / "out"),

@@ -75,7 +75,7 @@ def test_resume_refuses_checkpoints_made_with_other_settings(tiny_sd, input_png,
 
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash in step C")
-    monkeypatch.setattr(script, "generate_image", crash)
+    monkeypatch.setattr(script, "generate_images", crash)
     argv = ["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
             "--output_dir", str(tmp_path / "edit"), *ARGS, "--max_train_steps", "10"]
     with pytest.raises(RuntimeError):
@@ -89,3 +89,29 @@ def test_resume_refuses_checkpoints_made_with_other_settings(tiny_sd, input_png,
     err = capsys.readouterr().err
     assert "--resume" in err and "--learning_rate" in err
     assert (tmp_path / ".edit.partial" / "checkpoints" / "phase-A").is_dir()  # nothing was thrown away
+
+
+def test_main_gives_back_the_signal_handlers_it_took(tiny_sd, input_png, tmp_path, monkeypatch):
+    """main() catches SIGINT/SIGTERM only while it runs: an in-process caller (the shapes
+    benchmark's pool workers, a notebook) can be stopped by SIGTERM afterwards, after a
+    finished edit and after a failed one."""
+    def handlers():
+        return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    before = handlers()
+    argv = ["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png), *ARGS,
+            "--max_train_steps", "3"]
+    script = load_script()
+    seen = []
+    real_generate = script.generate_images
+    monkeypatch.setattr(script, "generate_images", lambda *a, **k: (seen.append(handlers()), real_generate(*a, **k))[1])
+    assert script.main(argv + ["--output_dir", str(tmp_path / "ok")]) == 0
+    assert seen and all(h[signal.SIGTERM] not in (before[signal.SIGTERM], signal.SIG_DFL) for h in seen)
+    assert handlers() == before
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash in step C")
+    monkeypatch.setattr(script, "generate_images", crash)
+    with pytest.raises(RuntimeError):
+        script.main(argv + ["--output_dir", str(tmp_path / "crash")])
+    assert handlers() == before
