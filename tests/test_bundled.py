@@ -60,7 +60,12 @@ def test_a_word_outside_the_vocabulary_is_named(capsys, tmp_path):
 
 
 def test_the_default_edit_succeeds_by_the_judge(tmp_path):
-    """The README's first command, as a user runs it: no arguments but the output folder."""
+    """The README's first command, as a user runs it: no arguments but the output folder.
+
+    What the user sees is the grid: a row per seed. Every row gives the input back at eta 0, in
+    place; at the recommended eta the row of at least one seed shows the edit, in place (the
+    benchmark, not this test, says how often a single sample does).
+    """
     out = tmp_path / "imagic-output"
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                            str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_cpu_threads_per_process", "2",
@@ -68,16 +73,18 @@ def test_the_default_edit_succeeds_by_the_judge(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((out / "imagic_config.json").read_text())
-    eta, seed = config["recommended_eta"], config["seeds"][0]
-    edited = shapes.judge(Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seed}.png"))
+    eta, seeds = config["recommended_eta"], config["seeds"]
+    assert len(seeds) >= 2 and config["sample_batch_size"] == 4  # SD: four images per pipeline call
     original = shapes.judge(Image.open(DEFAULT_EXAMPLE))
     target = dict(zip(shapes.ATTRIBUTES, ("circle", "blue", "small", "white")))
-    assert shapes.matches(edited, target), edited
-    assert shapes.centre_distance(edited, original.cx, original.cy) <= 6
-    # eta 0 gives the input back, in place.
-    reconstruction = shapes.judge(Image.open(out / "images" / f"eta_0.00_seed_{seed}.png"))
-    assert shapes.matches(reconstruction, original.attributes())
-    assert shapes.centre_distance(reconstruction, original.cx, original.cy) <= 6
+    edits = [shapes.judge(Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seed}.png")) for seed in seeds]
+    assert any(shapes.matches(edited, target) and shapes.centre_distance(edited, original.cx, original.cy) <= 6
+               for edited in edits), [(e.attributes(), e.cx, e.cy) for e in edits]
+    # eta 0 gives the input back, in place, for every seed.
+    for seed in seeds:
+        reconstruction = shapes.judge(Image.open(out / "images" / f"eta_0.00_seed_{seed}.png"))
+        assert shapes.matches(reconstruction, original.attributes()), (seed, reconstruction.attributes())
+        assert shapes.centre_distance(reconstruction, original.cx, original.cy) <= 6, seed
     print(proc.stdout.splitlines()[-2])
 
 
