@@ -26,10 +26,8 @@ def seeded_generator(seed: int) -> torch.Generator:
 def generate_image(pipe, embeds: PromptEmbeds, *, seed: int, guidance_scale: float, num_inference_steps: int,
                    resolution: int | None = None) -> Image.Image:
     """One image from ``embeds`` (1, L, D) [+ pooled (1, P)] with the pipeline as configured."""
-    kwargs = embeds.pipeline_kwargs(dtype=pipe.unet.dtype)
-    kwargs = {k: v.to(pipe.device) for k, v in kwargs.items()}
-    return pipe(**kwargs, height=resolution, width=resolution, guidance_scale=guidance_scale,
-                num_inference_steps=num_inference_steps, generator=seeded_generator(seed)).images[0]
+    return generate_images(pipe, [embeds], [seed], guidance_scale=guidance_scale,
+                           num_inference_steps=num_inference_steps, resolution=resolution)[0]
 
 
 @torch.no_grad()
