@@ -247,9 +247,10 @@ def write_model_card(folder: Path, config: dict) -> None:
         max_train_steps=config["max_train_steps"], learning_rate=config["learning_rate"],
         lora_line="" if full else f", rank {config['rank']}, alpha {config['lora_alpha_used']}, "
                                   f"targets {config['lora_target_module_list']}",
-        exactness=(" (bit for bit: the sweep drew one image per call)" if config.get("sample_batch_size") == 1 else
-                   f" (to within rounding, a few pixels off by 1 of 255: the sweep drew {config.get('sample_batch_size')} "
-                   "images per call; `--sample_batch_size 1` makes it bit for bit)"),
+        exactness=(" (bit for bit: the sweep drew one image per call)" if config.get("sample_batch_size") == 1
+                   else " (to within rounding, a few pixels off by 1 of 255: the sweep drew "
+                        f"{config.get('sample_batch_size')} images per call; `--sample_batch_size 1` makes it "
+                        "bit for bit)"),
         time_a=timings.get("A", 0.0), time_b=timings.get("B", 0.0), time_c=timings.get("C", 0.0),
         device=config.get("device", "?"))
     (folder / "README.md").write_text(text)

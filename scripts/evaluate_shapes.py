@@ -247,8 +247,9 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
              f"never saw. Judge: `imagic_lora.shapes.judge`. *success*: all four target attributes read back; "
              f"*place*: bounding-box centre within {PLACE_TOLERANCE_PX:.0f} px of the input's; *both*: the two "
              f"together. Rates are over cases x seeds.", "",
-             f"Command: `{meta['command']}`  ", *reused_lines(meta), f"Machine: {meta['device']}; torch {meta['torch']}, "
-             f"diffusers {meta['diffusers']}; model `{meta['model']}`.", "",
+             f"Command: `{meta['command']}`  ", *reused_lines(meta),
+             f"Machine: {meta['device']}; torch {meta['torch']}, diffusers {meta['diffusers']}; "
+             f"model `{meta['model']}`.", "",
              "## Best setting of each method", "",
              "| method | best eta / strength | success | place kept | both | wall time per case (s) | A / B / C (s) |",
              "|---|---|---|---|---|---|---|"]
@@ -427,7 +428,8 @@ def main(argv=None) -> int:
             "command": "python scripts/evaluate_shapes.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "device": f"CPU, {args.workers} processes x 1 thread", "torch": torch.__version__,
             "diffusers": diffusers.__version__, "elapsed_min": round(elapsed / 60, 1),
-            "methods": {**(reused or {}).get("flags", {}), **methods}, "etas": args.etas, "reused": reused, "strengths": args.strengths,
+            "methods": {**(reused or {}).get("flags", {}), **methods}, "reused": reused,
+            "etas": args.etas, "strengths": args.strengths,
             "inputs_read_correctly": sum(r["input_read_ok"] for r in results),
             "recommended_eta": defaults.recommended_eta, "cli_defaults": defaults.to_dict(),
             "notes": Path(args.notes).read_text() if args.notes else None}

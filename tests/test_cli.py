@@ -19,11 +19,12 @@ from safetensors.torch import load_file
 from conftest import ROOT
 from imagic_lora.artifact import load_edit, read_safetensors_metadata
 
+FAST_DEFAULT_BATCH = ["--emb_train_steps", "8", "--max_train_steps", "8", "--train_batch_size", "2",
+                      "--etas", "0", "0.7", "1.3", "--num_seeds", "2", "--num_inference_steps", "4",
+                      "--guidance_scale", "3", "--seed", "11"]
 # One image per pipeline call: each image is then bit-identical to a one-image stock pipeline call
 # (the reproduction tests); the batched default is checked against it below.
-FAST = ["--emb_train_steps", "8", "--max_train_steps", "8", "--train_batch_size", "2", "--etas", "0", "0.7", "1.3",
-        "--num_seeds", "2", "--num_inference_steps", "4", "--guidance_scale", "3", "--seed", "11",
-        "--sample_batch_size", "1"]
+FAST = FAST_DEFAULT_BATCH + ["--sample_batch_size", "1"]
 
 
 def load_script():
@@ -33,10 +34,10 @@ def load_script():
     return module
 
 
-def run_inprocess(model, image, out, *extra):
+def run_inprocess(model, image, out, *extra, fast=FAST):
     return load_script().main(["--pretrained_model_name_or_path", str(model), "--input_image", str(image),
                                "--target_prompt", "a large blue square on a gray background",
-                               "--output_dir", str(out), *FAST, *extra])
+                               "--output_dir", str(out), *fast, *extra])
 
 
 @pytest.fixture(scope="module")

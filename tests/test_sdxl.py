@@ -20,7 +20,7 @@ from imagic_lora.images import load_image, pil_to_tensor
 from imagic_lora.lora import sgm_module_name
 from imagic_lora.models import load_pipeline, native_resolution, training_noise_scheduler
 from imagic_lora.tiny import make_tiny_sdxl
-from test_cli import FAST, load_script
+from test_cli import FAST_DEFAULT_BATCH, run_inprocess
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,8 @@ def tiny_sdxl(tmp_path_factory):
 def sdxl_edit(tiny_sdxl, input_png, tmp_path_factory):
     """An SDXL edit at the default --sample_batch_size (SDXL: one image per call)."""
     out = tmp_path_factory.mktemp("sdxl") / "edit"
-    default_batch = FAST[:FAST.index("--sample_batch_size")] + FAST[FAST.index("--sample_batch_size") + 2:]
-    assert load_script().main(["--pretrained_model_name_or_path", str(tiny_sdxl), "--input_image", str(input_png),
-                               "--target_prompt", "a large blue square on a gray background", "--output_dir", str(out),
-                               *default_batch, "--lora_target_modules", "attn_ff_conv"]) == 0
+    assert run_inprocess(tiny_sdxl, input_png, out, "--lora_target_modules", "attn_ff_conv",
+                         fast=FAST_DEFAULT_BATCH) == 0
     assert json.loads((out / "imagic_config.json").read_text())["sample_batch_size"] == 1
     return out
 
