@@ -96,6 +96,15 @@ class ImagicConfig:
         4, "Noise draws (timesteps) of the one input image per optimisation step, in A and B.")
     gradient_accumulation_steps: int = _field(
         1, "Accumulate gradients over this many batches per step (saves memory).")
+    timestep_bias_strategy: str = _field(
+        "none", "Step B: sample training timesteps with a bias: later (noisier: the layout), earlier, range, none.",
+        choices=("none", "later", "earlier", "range"))
+    timestep_bias_multiplier: float = _field(
+        1.0, "Step B: weight of the biased timesteps relative to the others (1: no bias).")
+    timestep_bias_portion: float = _field(
+        0.25, "Step B: fraction of the schedule biased by the later/earlier strategies.")
+    timestep_bias_begin: int = _field(0, "Step B, range strategy: first biased timestep.")
+    timestep_bias_end: int = _field(1000, "Step B, range strategy: biased timesteps end before this one.")
     rank: int = _field(8, "LoRA rank.")
     lora_alpha: float | None = _field(None, "LoRA alpha (scale = alpha / rank); default: the rank.")
     # Attention-only LoRA cannot pin where things are (the layout lives in the ResNet convolutions):
@@ -185,6 +194,14 @@ class ImagicConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ImagicInputError(f"--{name}", f"must be a positive number, got {value}")
+        if not (math.isfinite(self.timestep_bias_multiplier) and self.timestep_bias_multiplier > 0):
+            raise ImagicInputError("--timestep_bias_multiplier", f"must be a positive number, got "
+                                                                 f"{self.timestep_bias_multiplier}")
+        if not 0 < self.timestep_bias_portion <= 1:
+            raise ImagicInputError("--timestep_bias_portion", f"must be in (0, 1], got {self.timestep_bias_portion}")
+        if not 0 <= self.timestep_bias_begin < self.timestep_bias_end:
+            raise ImagicInputError("--timestep_bias_end", f"must be above --timestep_bias_begin >= 0, got "
+                                                          f"{self.timestep_bias_begin}..{self.timestep_bias_end}")
         if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ImagicInputError("--lora_alpha", f"must be a positive number, got {self.lora_alpha}")
         if not self.lora_target_module_list:

@@ -45,26 +45,50 @@ def prediction_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tenso
     raise ValueError(f"unsupported prediction_type {kind!r}")
 
 
-def draw_noise(latents: torch.Tensor, batch_size: int, num_train_timesteps: int,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Timesteps (B,) uniform over the schedule and noise (B, C, h, w), drawn on the CPU.
+def timestep_weights(strategy: str, num_train_timesteps: int, *, multiplier: float = 1.0, portion: float = 0.25,
+                     begin: int = 0, end: int = 1000) -> torch.Tensor | None:
+    """Sampling weights (num_train_timesteps,) of diffusers' ``--timestep_bias_strategy``, or None for uniform.
 
+    ``later`` multiplies the weight of the last ``portion`` of the schedule (the noisiest timesteps,
+    where the layout of the image is decided) by ``multiplier``; ``earlier`` the first ``portion``;
+    ``range`` the timesteps ``begin`` .. ``end``-1. The result sums to 1.
+    """
+    if strategy == "none" or multiplier == 1.0:
+        return None
+    weights = torch.ones(num_train_timesteps, dtype=torch.float64)
+    count = int(portion * num_train_timesteps)
+    biased = {"later": slice(num_train_timesteps - count, None), "earlier": slice(0, count),
+              "range": slice(begin, min(end, num_train_timesteps))}[strategy]
+    weights[biased] *= multiplier
+    return weights / weights.sum()
+
+
+def draw_noise(latents: torch.Tensor, batch_size: int, num_train_timesteps: int,
+               generator: torch.Generator, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps (B,) and noise (B, C, h, w), drawn on the CPU.
+
+    Timesteps are uniform over the schedule, or drawn from ``weights`` (see :func:`timestep_weights`).
     Drawing on the CPU makes a seed mean the same thing on every device.
     """
-    timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)
+    if weights is None:
+        timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)
+    else:
+        timesteps = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
     noise = torch.randn((batch_size, *latents.shape[1:]), generator=generator, dtype=torch.float32)
     return timesteps.to(latents.device), noise.to(latents.device)
 
 
 def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds, *,
                    batch_size: int, generator: torch.Generator, weight_dtype: torch.dtype,
-                   add_time_ids: torch.Tensor | None = None) -> torch.Tensor:
+                   add_time_ids: torch.Tensor | None = None,
+                   timestep_weights: torch.Tensor | None = None) -> torch.Tensor:
     """One Monte-Carlo estimate of L over ``batch_size`` draws of (t, ε); a scalar, fp32.
 
     ``latents`` is (1, C, h, w) fp32; the UNet runs in ``weight_dtype`` (call inside
     ``accelerator.autocast()`` for mixed precision); the loss is computed in fp32.
     """
-    timesteps, noise = draw_noise(latents, batch_size, noise_scheduler.config.num_train_timesteps, generator)
+    timesteps, noise = draw_noise(latents, batch_size, noise_scheduler.config.num_train_timesteps, generator,
+                                  timestep_weights)
     clean = latents.expand(batch_size, -1, -1, -1)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
     target = prediction_target(noise_scheduler, clean, noise, timesteps)
@@ -75,7 +99,8 @@ def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptE
 
 def minimise(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds, optimizer, *, accelerator,
              steps: int, batch_size: int, generator: torch.Generator, weight_dtype: torch.dtype,
-             add_time_ids: torch.Tensor | None = None, desc: str = "", start_step: int = 0,
+             add_time_ids: torch.Tensor | None = None, timestep_weights: torch.Tensor | None = None,
+             desc: str = "", start_step: int = 0,
              on_step: Callable[[int, list[float]], None] | None = None,
              log: Callable[[dict, int], None] | None = None) -> list[float]:
     """The optimisation loop of steps A and B: optimiser steps ``start_step`` .. ``steps``-1 on L.
@@ -95,7 +120,8 @@ def minimise(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds,
         for _ in range(accumulation):
             with accelerator.accumulate(), accelerator.autocast():
                 loss = denoising_loss(unet, noise_scheduler, latents, embeds, batch_size=batch_size,
-                                      generator=generator, weight_dtype=weight_dtype, add_time_ids=add_time_ids)
+                                      generator=generator, weight_dtype=weight_dtype, add_time_ids=add_time_ids,
+                                      timestep_weights=timestep_weights)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

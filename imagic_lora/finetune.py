@@ -43,20 +43,21 @@ def make_optimizer(params: list[torch.nn.Parameter], *, learning_rate: float, us
 
 def finetune(unet, noise_scheduler, latents: torch.Tensor, e_opt: PromptEmbeds, optimizer, *, accelerator,
              steps: int, batch_size: int, generator: torch.Generator, weight_dtype: torch.dtype,
-             add_time_ids: torch.Tensor | None = None, start_step: int = 0,
-             on_step: Callable[[int, list[float]], None] | None = None,
+             add_time_ids: torch.Tensor | None = None, timestep_weights: torch.Tensor | None = None,
+             start_step: int = 0, on_step: Callable[[int, list[float]], None] | None = None,
              log: Callable[[dict, int], None] | None = None) -> list[float]:
     """Train what ``optimizer`` holds (a LoRA's or the whole UNet's parameters, see
     :func:`make_optimizer`) under L(x, e_opt, θ); return the losses of steps ``start_step``..``steps``-1.
 
     ``latents`` (1, C, h, w) fp32; ``e_opt`` is used detached (frozen). Only the optimiser's
-    parameters change; every other UNet weight stays bitwise equal.
+    parameters change; every other UNet weight stays bitwise equal. ``timestep_weights``
+    (see :func:`~imagic_lora.diffusion.timestep_weights`) biases which noise levels are trained.
     """
     unet.train()
     try:
         return minimise(unet, noise_scheduler, latents, e_opt.detach(), optimizer, accelerator=accelerator,
                         steps=steps, batch_size=batch_size, generator=generator, weight_dtype=weight_dtype,
-                        add_time_ids=add_time_ids, desc="B: fine-tune", start_step=start_step, on_step=on_step,
+                        add_time_ids=add_time_ids, timestep_weights=timestep_weights, desc="B: fine-tune", start_step=start_step, on_step=on_step,
                         log=log)
     finally:
         unet.eval()

@@ -33,7 +33,7 @@ from imagic_lora.artifact import (  # noqa: E402
 from imagic_lora.checkpoint import CheckpointStore  # noqa: E402
 from imagic_lora.conditioning import PromptEmbeds, encode_prompt, interpolate, is_sdxl, sdxl_time_ids  # noqa: E402
 from imagic_lora.config import BUNDLED_MODEL, DEFAULT_EXAMPLE, DEFAULT_TARGET_PROMPT, ImagicConfig, parse_args  # noqa: E402,E501
-from imagic_lora.diffusion import NonFiniteLossError, encode_image_latents  # noqa: E402
+from imagic_lora.diffusion import NonFiniteLossError, encode_image_latents, timestep_weights  # noqa: E402
 from imagic_lora.embedding import optimize_embedding  # noqa: E402
 from imagic_lora.errors import ImagicInputError  # noqa: E402
 from imagic_lora.finetune import finetune, full_finetune_parameters, make_optimizer  # noqa: E402
@@ -182,10 +182,13 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                         "optimizer": optimizer.state_dict(), "generator": generator_b.get_state()})
                 stop.check()
 
+            weights_b = timestep_weights(cfg.timestep_bias_strategy, noise_scheduler.config.num_train_timesteps,
+                                         multiplier=cfg.timestep_bias_multiplier, portion=cfg.timestep_bias_portion,
+                                         begin=cfg.timestep_bias_begin, end=cfg.timestep_bias_end)
             losses_b += finetune(unet, noise_scheduler, latents, e_opt, optimizer, accelerator=accelerator,
                                  steps=cfg.max_train_steps, batch_size=cfg.train_batch_size, generator=generator_b,
-                                 weight_dtype=weight_dtype, add_time_ids=add_time_ids, start_step=start,
-                                 on_step=checkpoint_b, log=log)
+                                 weight_dtype=weight_dtype, add_time_ids=add_time_ids,
+                                 timestep_weights=weights_b, start_step=start, on_step=checkpoint_b, log=log)
             n_trainable = sum(p.numel() for p in params)
             if cfg.full_finetune:
                 unet.to(dtype=weight_dtype)  # what is saved, and what generates, is the weight dtype

@@ -49,6 +49,7 @@ def corrupt_png(path):
     ("unknown-word", "--target_prompt"), ("eta-not-number", "--etas"), ("eta-empty", "--etas"),
     ("output-is-file", "--output_dir"), ("bad-model", "--pretrained_model_name_or_path"),
     ("zero-seeds", "--num_seeds"), ("bad-resolution", "--resolution"),
+    ("bias-multiplier", "--timestep_bias_multiplier"), ("bias-range", "--timestep_bias_end"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(script, capsys, tiny_sd, input_png, tmp_path, case, flag):
     kwargs = {"tmp": tmp_path, "input_image": str(input_png)}
@@ -79,6 +80,10 @@ def test_bad_input_is_one_line_naming_the_flag(script, capsys, tiny_sd, input_pn
         kwargs["num_seeds"] = "0"
     elif case == "bad-resolution":
         kwargs["resolution"] = "30"
+    elif case == "bias-multiplier":
+        kwargs["timestep_bias_multiplier"] = "0"
+    elif case == "bias-range":
+        kwargs.update(timestep_bias_strategy="range", timestep_bias_begin="500", timestep_bias_end="500")
     code, err = run_bad(script, capsys, tiny_sd, **kwargs)
     assert code == 2
     assert len(err) == 1, err

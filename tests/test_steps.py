@@ -233,3 +233,27 @@ def test_bf16_mixed_precision_keeps_trainables_fp32(tiny_sd, input_png):
     frozen = [p for p in pipe.unet.parameters() if not p.requires_grad]
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses)
+
+
+def test_timestep_bias_weights_and_draws():
+    from imagic_lora.diffusion import draw_noise, timestep_weights
+
+    assert timestep_weights("none", 1000, multiplier=3) is None
+    assert timestep_weights("later", 1000, multiplier=1.0) is None  # no bias: the uniform randint draw
+    later = timestep_weights("later", 1000, multiplier=3, portion=0.25)
+    assert later.sum().item() == pytest.approx(1.0)
+    # The last quarter carries 250 x 3 of the 750 + 750 units of weight: half the draws.
+    assert later[750:].sum().item() == pytest.approx(0.5)
+    assert later[749].item() * 3 == pytest.approx(later[750].item())
+    earlier = timestep_weights("earlier", 1000, multiplier=3, portion=0.5)
+    assert earlier[:500].sum().item() == pytest.approx(0.75)
+    ranged = timestep_weights("range", 1000, multiplier=9, begin=100, end=200)
+    assert ranged[100:200].sum().item() == pytest.approx(0.5)
+
+    latents = torch.zeros(1, 4, 8, 8)
+    timesteps, _ = draw_noise(latents, 4000, 1000, torch.Generator().manual_seed(0), later)
+    assert (timesteps >= 750).float().mean().item() == pytest.approx(0.5, abs=0.03)
+    again, _ = draw_noise(latents, 4000, 1000, torch.Generator().manual_seed(0), later)
+    assert torch.equal(timesteps, again)
+    uniform, _ = draw_noise(latents, 4000, 1000, torch.Generator().manual_seed(0))
+    assert (uniform >= 750).float().mean().item() == pytest.approx(0.25, abs=0.03)
