@@ -199,9 +199,13 @@ class ImagicConfig:
                                                                  f"{self.timestep_bias_multiplier}")
         if not 0 < self.timestep_bias_portion <= 1:
             raise ImagicInputError("--timestep_bias_portion", f"must be in (0, 1], got {self.timestep_bias_portion}")
-        if not 0 <= self.timestep_bias_begin < self.timestep_bias_end:
-            raise ImagicInputError("--timestep_bias_end", f"must be above --timestep_bias_begin >= 0, got "
-                                                          f"{self.timestep_bias_begin}..{self.timestep_bias_end}")
+        if self.timestep_bias_strategy == "range":
+            if self.timestep_bias_begin < 0:
+                raise ImagicInputError("--timestep_bias_begin", f"must be >= 0, got {self.timestep_bias_begin}")
+            if self.timestep_bias_end <= self.timestep_bias_begin:
+                raise ImagicInputError("--timestep_bias_end", f"must be above --timestep_bias_begin ("
+                                                              f"{self.timestep_bias_begin}), got "
+                                                              f"{self.timestep_bias_end}")
         if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ImagicInputError("--lora_alpha", f"must be a positive number, got {self.lora_alpha}")
         if not self.lora_target_module_list:

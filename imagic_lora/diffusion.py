@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .conditioning import PromptEmbeds, unet_condition
+from .errors import ImagicInputError
 
 
 @torch.no_grad()
@@ -51,14 +52,21 @@ def timestep_weights(strategy: str, num_train_timesteps: int, *, multiplier: flo
 
     ``later`` multiplies the weight of the last ``portion`` of the schedule (the noisiest timesteps,
     where the layout of the image is decided) by ``multiplier``; ``earlier`` the first ``portion``;
-    ``range`` the timesteps ``begin`` .. ``end``-1. The result sums to 1.
+    ``range`` the timesteps ``begin`` .. ``end``-1. The result sums to 1. A bias that would select no
+    timestep of this schedule is refused (ImagicInputError naming the flag) rather than ignored.
     """
     if strategy == "none" or multiplier == 1.0:
         return None
-    weights = torch.ones(num_train_timesteps, dtype=torch.float64)
     count = int(portion * num_train_timesteps)
+    if strategy in ("later", "earlier") and count < 1:
+        raise ImagicInputError("--timestep_bias_portion", f"{portion} of {num_train_timesteps} timesteps is none; "
+                                                          f"use at least {1 / num_train_timesteps:g}")
+    if strategy == "range" and end > num_train_timesteps:
+        raise ImagicInputError("--timestep_bias_end", f"{end} is past the schedule's {num_train_timesteps} "
+                                                      f"timesteps (0..{num_train_timesteps - 1})")
+    weights = torch.ones(num_train_timesteps, dtype=torch.float64)
     biased = {"later": slice(num_train_timesteps - count, None), "earlier": slice(0, count),
-              "range": slice(begin, min(end, num_train_timesteps))}[strategy]
+              "range": slice(begin, end)}[strategy]
     weights[biased] *= multiplier
     return weights / weights.sum()
 

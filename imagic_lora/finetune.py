@@ -57,7 +57,8 @@ def finetune(unet, noise_scheduler, latents: torch.Tensor, e_opt: PromptEmbeds, 
     try:
         return minimise(unet, noise_scheduler, latents, e_opt.detach(), optimizer, accelerator=accelerator,
                         steps=steps, batch_size=batch_size, generator=generator, weight_dtype=weight_dtype,
-                        add_time_ids=add_time_ids, timestep_weights=timestep_weights, desc="B: fine-tune", start_step=start_step, on_step=on_step,
+                        add_time_ids=add_time_ids, timestep_weights=timestep_weights,
+                        desc="B: fine-tune", start_step=start_step, on_step=on_step,
                         log=log)
     finally:
         unet.eval()

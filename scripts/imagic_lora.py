@@ -106,6 +106,13 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
     device = accelerator.device
     weight_dtype = weight_dtype_for(accelerator.mixed_precision)
     unet = pipe.unet
+    # Checked against the model's schedule before anything is written.
+    weights_b = timestep_weights(cfg.timestep_bias_strategy, noise_scheduler.config.num_train_timesteps,
+                                 multiplier=cfg.timestep_bias_multiplier, portion=cfg.timestep_bias_portion,
+                                 begin=cfg.timestep_bias_begin, end=cfg.timestep_bias_end)
+    if (cfg.timestep_bias_strategy == "none") != (cfg.timestep_bias_multiplier == 1.0):
+        logger.warning("--timestep_bias_strategy %s with --timestep_bias_multiplier %g: no bias (both are needed)",
+                       cfg.timestep_bias_strategy, cfg.timestep_bias_multiplier)
     stage = StagedOutput(cfg.output_dir)
     out = stage.prepare(resume=cfg.resume)
     store = CheckpointStore(out / "checkpoints", cfg.checkpoints_total_limit)
@@ -182,9 +189,6 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                         "optimizer": optimizer.state_dict(), "generator": generator_b.get_state()})
                 stop.check()
 
-            weights_b = timestep_weights(cfg.timestep_bias_strategy, noise_scheduler.config.num_train_timesteps,
-                                         multiplier=cfg.timestep_bias_multiplier, portion=cfg.timestep_bias_portion,
-                                         begin=cfg.timestep_bias_begin, end=cfg.timestep_bias_end)
             losses_b += finetune(unet, noise_scheduler, latents, e_opt, optimizer, accelerator=accelerator,
                                  steps=cfg.max_train_steps, batch_size=cfg.train_batch_size, generator=generator_b,
                                  weight_dtype=weight_dtype, add_time_ids=add_time_ids,
@@ -291,7 +295,10 @@ def check_resumable(store: CheckpointStore, cfg: ImagicConfig) -> None:
     run_file = store.root / "run.json"
     if run_file.is_file():
         before = json.loads(run_file.read_text())
-        changed = sorted(k for k in settings if before.get(k) != json.loads(json.dumps(settings[k])))
+        # A flag added since the checkpoint was made had its default then.
+        defaults = json.loads(json.dumps(ImagicConfig().to_dict()))
+        now = json.loads(json.dumps(settings))
+        changed = sorted(k for k in now if before.get(k, defaults.get(k)) != now[k])
         if changed:
             raise ImagicInputError("--resume", f"the checkpoint in {store.root.parent} was made with other "
                                                f"settings ({', '.join('--' + k for k in changed)}); drop --resume "

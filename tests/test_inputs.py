@@ -50,6 +50,7 @@ def corrupt_png(path):
     ("output-is-file", "--output_dir"), ("bad-model", "--pretrained_model_name_or_path"),
     ("zero-seeds", "--num_seeds"), ("bad-resolution", "--resolution"),
     ("bias-multiplier", "--timestep_bias_multiplier"), ("bias-range", "--timestep_bias_end"),
+    ("bias-begin", "--timestep_bias_begin"), ("bias-portion", "--timestep_bias_portion"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(script, capsys, tiny_sd, input_png, tmp_path, case, flag):
     kwargs = {"tmp": tmp_path, "input_image": str(input_png)}
@@ -84,6 +85,10 @@ def test_bad_input_is_one_line_naming_the_flag(script, capsys, tiny_sd, input_pn
         kwargs["timestep_bias_multiplier"] = "0"
     elif case == "bias-range":
         kwargs.update(timestep_bias_strategy="range", timestep_bias_begin="500", timestep_bias_end="500")
+    elif case == "bias-begin":
+        kwargs.update(timestep_bias_strategy="range", timestep_bias_begin="-1", timestep_bias_multiplier="3")
+    elif case == "bias-portion":
+        kwargs["timestep_bias_portion"] = "0"
     code, err = run_bad(script, capsys, tiny_sd, **kwargs)
     assert code == 2
     assert len(err) == 1, err
@@ -137,3 +142,19 @@ def test_help_has_one_line_for_every_flag(capsys):
     for f in dataclasses.fields(ImagicConfig):
         assert f"--{f.name}" in text, f.name
         assert f.metadata["help"] and "\n" not in f.metadata["help"]
+
+
+@pytest.mark.parametrize("flags,flag", [
+    (["--timestep_bias_strategy", "range", "--timestep_bias_begin", "990", "--timestep_bias_end", "2000"],
+     "--timestep_bias_end"),
+    (["--timestep_bias_strategy", "later", "--timestep_bias_portion", "0.0001"], "--timestep_bias_portion"),
+])
+def test_a_bias_outside_the_schedule_is_refused_before_anything_is_written(capsys, tiny_sd, input_png, tmp_path,
+                                                                           flags, flag):
+    """Checked against the loaded model's 1000-step schedule, not silently ignored."""
+    from test_cli import run_inprocess
+    code = run_inprocess(tiny_sd, input_png, tmp_path / "out", *flags, "--timestep_bias_multiplier", "3")
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("imagic_lora: error")]
+    assert code == 2
+    assert len(err) == 1 and flag in err[0], err
+    assert list(tmp_path.iterdir()) == []

@@ -115,3 +115,23 @@ def test_main_gives_back_the_signal_handlers_it_took(tiny_sd, input_png, tmp_pat
     with pytest.raises(RuntimeError):
         script.main(argv + ["--output_dir", str(tmp_path / "crash")])
     assert handlers() == before
+
+
+def test_a_checkpoint_from_before_a_new_flag_resumes_at_that_flags_default(tmp_path):
+    """run.json written before --timestep_bias_* existed: resuming with their defaults is allowed, with a bias not."""
+    import json
+
+    from imagic_lora.checkpoint import CheckpointStore
+    from imagic_lora.config import ImagicConfig
+    from imagic_lora.errors import ImagicInputError
+
+    script = load_script()
+    store = CheckpointStore(tmp_path / "checkpoints", 2)
+    script.check_resumable(store, ImagicConfig())
+    run_file = store.root / "run.json"
+    old = {k: v for k, v in json.loads(run_file.read_text()).items() if not k.startswith("timestep_bias")}
+    run_file.write_text(json.dumps(old))
+    script.check_resumable(store, ImagicConfig())
+    run_file.write_text(json.dumps(old))
+    with pytest.raises(ImagicInputError, match="--timestep_bias_strategy"):
+        script.check_resumable(store, ImagicConfig(timestep_bias_strategy="later", timestep_bias_multiplier=3))

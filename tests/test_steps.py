@@ -257,3 +257,27 @@ def test_timestep_bias_weights_and_draws():
     assert torch.equal(timesteps, again)
     uniform, _ = draw_noise(latents, 4000, 1000, torch.Generator().manual_seed(0))
     assert (uniform >= 750).float().mean().item() == pytest.approx(0.25, abs=0.03)
+
+
+def test_step_b_trains_on_the_biased_timesteps_only(tiny_sd, input_png, tmp_path, monkeypatch):
+    """The CLI's bias flags reach step B's draws (and not step A's)."""
+    import imagic_lora.diffusion as diffusion
+    from test_cli import run_inprocess
+
+    drawn = []
+    original = diffusion.draw_noise
+
+    def recording(latents, batch_size, num_train_timesteps, generator, weights=None):
+        timesteps, noise = original(latents, batch_size, num_train_timesteps, generator, weights)
+        drawn.append((weights is not None, timesteps.tolist()))
+        return timesteps, noise
+    monkeypatch.setattr(diffusion, "draw_noise", recording)
+    assert run_inprocess(tiny_sd, input_png, tmp_path / "out", "--emb_train_steps", "20", "--max_train_steps", "20",
+                         "--train_batch_size", "4", "--timestep_bias_strategy", "range",
+                         "--timestep_bias_begin", "990", "--timestep_bias_multiplier", "1e9",
+                         "--num_seeds", "1", "--etas", "0.5") == 0
+    step_a = [t for biased, ts in drawn if not biased for t in ts]
+    step_b = [t for biased, ts in drawn if biased for t in ts]
+    assert len(step_a) == 80 and len(step_b) == 80
+    assert all(t >= 990 for t in step_b)
+    assert min(step_a) < 990  # step A keeps the uniform draw
