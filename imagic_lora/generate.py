@@ -59,5 +59,8 @@ def generate_sweep(pipe, e_tgt: PromptEmbeds, e_opt: PromptEmbeds, *, etas: list
     return images
 
 
+EDIT_IMAGE_NAME = "edit.png"  # the automatically picked edit (imagic_lora.pick)
+
+
 def image_name(eta: float, seed: int) -> str:
     return f"eta_{eta:.2f}_seed_{seed}.png"

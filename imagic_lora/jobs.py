@@ -132,7 +132,8 @@ def read_tedbench(folder: str | Path) -> list[Job]:
     return jobs
 
 
-SUMMARY_FIELDS = ("id", "status", "error", "input_image", "target_prompt", "recommended_eta", "model_load_s",
+SUMMARY_FIELDS = ("id", "status", "error", "input_image", "target_prompt", "recommended_eta", "picked_eta",
+                  "picked_seed", "model_load_s",
                   "wall_time_encode_s",
                   "wall_time_A_s", "wall_time_B_s", "wall_time_C_s", "wall_time_save_s", "peak_memory_gib",
                   "output_dir", "process")

@@ -46,6 +46,7 @@ from imagic_lora import shapes  # noqa: E402
 from imagic_lora.config import BUNDLED_MODEL  # noqa: E402
 
 PLACE_TOLERANCE_PX = 6.0
+AUTO = "auto"  # the setting name of the CLI's automatically picked edit (imagic_lora.pick)
 # The references are pinned to the schedule they were tuned with (step A 300 x 1e-2; full fine-tuning
 # 200 steps at 3e-5, its best of 1e-5 / 3e-5), whatever the CLI's defaults become, and draw one image
 # per pipeline call as they did when measured.
@@ -118,6 +119,11 @@ def run_imagic(cli, case: Case, input_path: Path, flags: list[str], etas: list[f
         for seed in config["seeds"]:
             image = Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seed}.png").convert("RGB")
             records.append({"setting": eta, "seed": seed, **score(image, case, input_centre)})
+    if config.get("picked"):  # the CLI's automatic pick among the images with eta > 0: one per case
+        picked = config["picked"]
+        image = Image.open(out / picked["image"]).convert("RGB")
+        records.append({"setting": AUTO, "seed": picked["seed"], "picked_eta": picked["eta"],
+                        **score(image, case, input_centre)})
     timing = {k: config["wall_time_s"].get(k, 0.0) for k in ("A", "B", "C")}
     shutil.rmtree(out, ignore_errors=True)
     return records, timing
@@ -295,10 +301,14 @@ def goal_lines(summary: dict, meta: dict) -> list[str]:
              "| method | setting | success | place kept | both |", "|---|---|---|---|---|",
              f"| imagic_lora (recommended eta) | {key} | {ours['success']:.0%} | {ours['place']:.0%} | "
              f"**{ours['both']:.0%}** |"]
+    auto = summary["imagic_lora"]["settings"].get(AUTO)
+    if auto:
+        lines.append(f"| imagic_lora (automatic pick, one image per case) | {AUTO} | {auto['success']:.0%} | "
+                     f"{auto['place']:.0%} | **{auto['both']:.0%}** |")
     for method in ("imagic_full", "imagic_no_b", "sdedit", "text2img"):
         if method not in summary:
             continue
-        settings = summary[method]["settings"]
+        settings = {k: v for k, v in summary[method]["settings"].items() if k != AUTO}
         if method == "imagic_full" and key in settings:
             label, v = f"{key} (same eta)", settings[key]
         else:
@@ -321,10 +331,13 @@ def write_plot(path: Path, summary: dict) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for method, s in summary.items():
-        numeric = {k: v for k, v in s["settings"].items() if k != "-"}
+        numeric = {k: v for k, v in s["settings"].items() if k not in ("-", AUTO)}
+        for key, style in (("-", ":"), (AUTO, "-.")):
+            if key in s["settings"]:
+                for ax, metric in zip(axes, ("success", "place", "both")):
+                    ax.axhline(s["settings"][key][metric], ls=style, color="gray" if key == "-" else "C0",
+                               label=method if key == "-" else f"{method}, automatic pick")
         if not numeric:
-            for ax, metric in zip(axes, ("success", "place", "both")):
-                ax.axhline(s["settings"]["-"][metric], ls=":", color="gray", label=method)
             continue
         xs = sorted(numeric, key=float)
         style = "--" if method == "sdedit" else "-"
@@ -444,7 +457,8 @@ def main(argv=None) -> int:
         print(f"{method:>14}: best at {setting}: success {best['success']:.0%}, place {best['place']:.0%}, "
               f"both {best['both']:.0%}; {s['wall_s_per_case']:.1f} s/case")
     if args.examples and "imagic_lora" in methods:
-        eta = float(best_setting(summary["imagic_lora"])[0])
+        numeric = {k: v for k, v in summary["imagic_lora"]["settings"].items() if k != AUTO}
+        eta = float(best_setting({"settings": numeric})[0])
         write_examples(out / f"{args.prefix}_examples.png", cases[:args.examples], args.model,
                        methods["imagic_lora"], eta, args)
     print(f"benchmark: {len(cases)} cases in {elapsed / 60:.1f} min; tables in {out}/{args.prefix}.md")

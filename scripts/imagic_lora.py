@@ -37,12 +37,13 @@ from imagic_lora.diffusion import NonFiniteLossError, encode_image_latents, time
 from imagic_lora.embedding import optimize_embedding  # noqa: E402
 from imagic_lora.errors import ImagicInputError  # noqa: E402
 from imagic_lora.finetune import finetune, full_finetune_parameters, make_optimizer  # noqa: E402
-from imagic_lora.generate import generate_images, image_name  # noqa: E402
+from imagic_lora.generate import EDIT_IMAGE_NAME, generate_images, image_name  # noqa: E402
 from imagic_lora.images import contact_sheet, load_image, pil_to_tensor  # noqa: E402
 from imagic_lora.interrupt import Interrupted, StopFlag  # noqa: E402
 from imagic_lora.jobs import Job, is_complete, read_manifest, read_tedbench, write_summary  # noqa: E402
 from imagic_lora.lora import add_lora, architecture_of, kohya_metadata  # noqa: E402
 from imagic_lora.metrics import peak_memory, timed  # noqa: E402
+from imagic_lora.pick import pick_edit  # noqa: E402
 from imagic_lora.models import (  # noqa: E402
     inference_scheduler, load_pipeline, load_tokenizer_and_vocabulary, model_family, native_resolution,
     prepare_unet, training_noise_scheduler, weight_dtype_for)
@@ -216,6 +217,21 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                     picture.save(images[pair])
                 stop.check()
             pipe.scheduler = model_scheduler  # the next edit starts from the model's own
+            # ---- C': pick the edit among the images with eta > 0 (the model scores them; no person) ----
+            from PIL import Image
+            candidates = [pair for pair in images if pair[0] > 0]
+            picked = None
+            if cfg.pick_edit and candidates:
+                pick, scored_with = pick_edit(pipe, noise_scheduler, latents.to(device),
+                                              [Image.open(images[pair]).convert("RGB") for pair in candidates],
+                                              e_tgt, e_opt, seed=cfg.seed + 2, weight_dtype=weight_dtype,
+                                              add_time_ids=add_time_ids)
+                eta, seed = candidates[pick.index]
+                shutil.copyfile(images[(eta, seed)], out / "images" / EDIT_IMAGE_NAME)
+                picked = {"image": f"images/{EDIT_IMAGE_NAME}", "eta": eta, "seed": seed, "scored_with": scored_with,
+                          "candidates": [{"eta": e, "seed": s, "text_score": round(t, 6), "latent_distance": round(d, 6),
+                                          "kept": k} for (e, s), t, d, k in
+                                         zip(candidates, pick.text_scores, pick.distances, pick.kept)]}
             for module in encoders + [pipe.vae]:
                 module.to("cpu")
             free_accelerator_cache(device)
@@ -248,6 +264,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             "prediction_type": noise_scheduler.config.prediction_type,
             "resolution": resolution,
             "seeds": cfg.seeds,
+            "picked": picked,
             "sample_batch_size": batch,
             "lora_alpha_used": cfg.effective_lora_alpha,
             "lora_target_module_list": cfg.lora_target_module_list,
@@ -418,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
 def summary_fields(record: dict) -> dict:
     timings = record.get("wall_time_s", {})
     memory = record.get("memory", {})
-    return {"recommended_eta": record.get("recommended_eta"),
+    picked = record.get("picked") or {}
+    return {"recommended_eta": record.get("recommended_eta"), "picked_eta": picked.get("eta"),
+            "picked_seed": picked.get("seed"),
             **{f"wall_time_{k}_s": timings.get(k) for k in ("encode", "A", "B", "C", "save")},
             "peak_memory_gib": memory.get("peak_allocated_gib", memory.get("peak_rss_gib"))}
 
@@ -468,6 +487,9 @@ def print_summary(cfg: ImagicConfig, rows: list[dict], many: bool) -> None:
           f"({phases}); peak memory {row['peak_memory_gib']:.2f} GiB")
     print(f"imagic_lora: images in {Path(cfg.output_dir) / 'images'} (contact sheet: grid.png); "
           f"artifact in {cfg.output_dir}; recommended eta {row['recommended_eta']}")
+    if row.get("picked_eta") is not None:
+        print(f"imagic_lora: the edit, picked automatically: {Path(cfg.output_dir) / 'images' / EDIT_IMAGE_NAME} "
+              f"(eta {row['picked_eta']}, seed {row['picked_seed']})")
 
 
 if __name__ == "__main__":
