@@ -92,10 +92,12 @@ def choose(text_scores: list[float], distances: list[float], keep_fraction: floa
 @torch.no_grad()
 def pick_edit(pipe, noise_scheduler, input_latents: torch.Tensor, candidates: list, e_tgt: PromptEmbeds,
               e_opt: PromptEmbeds, *, seed: int, weight_dtype: torch.dtype, add_time_ids: torch.Tensor | None = None,
-              num_timesteps: int = 16, keep_fraction: float = KEEP_FRACTION) -> tuple[Pick, str]:
+              num_timesteps: int = 16, keep_fraction: float = KEEP_FRACTION, batch_size: int = 8) -> tuple[Pick, str]:
     """Pick the edit among ``candidates`` (PIL images at the input's resolution) for the input
     latent (1, C, h, w). The pipeline's VAE and UNet must be on the device. The UNet's LoRA, if
     any, is switched off while scoring and back on after; a fully fine-tuned UNet scores itself.
+    ``batch_size`` noisy latents go through the UNet at a time: twice step C's images per call
+    (classifier-free guidance doubles its batch) keeps the peak memory at step C's.
     Returns the pick and which model scored ("base" or "fine-tuned")."""
     from .images import pil_to_tensor
 
@@ -109,7 +111,7 @@ def pick_edit(pipe, noise_scheduler, input_latents: torch.Tensor, candidates: li
     try:
         scores = text_scores(unet, noise_scheduler, latents, e_tgt.to(device), e_opt.to(device),
                              num_timesteps=num_timesteps, generator=torch.Generator().manual_seed(seed),
-                             weight_dtype=weight_dtype, add_time_ids=add_time_ids)
+                             weight_dtype=weight_dtype, add_time_ids=add_time_ids, batch_size=batch_size)
     finally:
         if has_lora:
             unet.enable_adapters()

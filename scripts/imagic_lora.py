@@ -225,7 +225,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                 pick, scored_with = pick_edit(pipe, noise_scheduler, latents.to(device),
                                               [Image.open(images[pair]).convert("RGB") for pair in candidates],
                                               e_tgt, e_opt, seed=cfg.seed + 2, weight_dtype=weight_dtype,
-                                              add_time_ids=add_time_ids)
+                                              add_time_ids=add_time_ids, batch_size=2 * batch)
                 eta, seed = candidates[pick.index]
                 shutil.copyfile(images[(eta, seed)], out / "images" / EDIT_IMAGE_NAME)
                 picked = {"image": f"images/{EDIT_IMAGE_NAME}", "eta": eta, "seed": seed, "scored_with": scored_with,
@@ -240,7 +240,8 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
         with timed(timings, "save", device, phase_memory):
             from PIL import Image
             image.save(out / "images" / "input.png")
-            contact_sheet(image, {k: Image.open(v) for k, v in images.items()}, cfg.etas, cfg.seeds).save(
+            contact_sheet(image, {k: Image.open(v) for k, v in images.items()}, cfg.etas, cfg.seeds,
+                          picked=(picked["eta"], picked["seed"]) if picked else None).save(
                 out / "images" / "grid.png")
             architecture = architecture_of(pipe)
             if cfg.full_finetune:
