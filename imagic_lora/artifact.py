@@ -183,7 +183,7 @@ image, plus the two text embeddings Imagic interpolates between.
 {files}
 
 Interpolate `e = eta * target + (1 - eta) * optimized`: eta = 0 gives the input image back,
-the edit appears as eta grows (recommended: **{recommended_eta}**), eta > 1 extrapolates.
+the edit appears as eta grows (recommended: **{recommended_eta}**), eta > 1 extrapolates.{picked_line}
 
 ## Use it with a stock diffusers pipeline
 
@@ -252,5 +252,8 @@ def write_model_card(folder: Path, config: dict) -> None:
                         f"{config.get('sample_batch_size')} images per call; `--sample_batch_size 1` makes it "
                         "bit for bit)"),
         time_a=timings.get("A", 0.0), time_b=timings.get("B", 0.0), time_c=timings.get("C", 0.0),
-        device=config.get("device", "?"))
+        device=config.get("device", "?"),
+        picked_line=(f"\nThe run picked eta {config['picked']['eta']}, seed {config['picked']['seed']} as the edit "
+                     "(`images/edit.png`), by the model's own scores (`picked` in `imagic_config.json`)."
+                     if config.get("picked") else ""))
     (folder / "README.md").write_text(text)

@@ -107,8 +107,10 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def contact_sheet(input_image: Image.Image, images: dict[tuple[float, int], Image.Image],
-                  etas: list[float], seeds: list[int], cell: int | None = None) -> Image.Image:
-    """A labelled grid: one row per seed, the input first, then one column per eta."""
+                  etas: list[float], seeds: list[int], cell: int | None = None,
+                  picked: tuple[float, int] | None = None) -> Image.Image:
+    """A labelled grid: one row per seed, the input first, then one column per eta; the
+    ``picked`` (eta, seed) image, if any, framed and labelled."""
     cell = cell or max(128, input_image.width)
     label_h = 18
     columns = 1 + len(etas)
@@ -120,6 +122,10 @@ def contact_sheet(input_image: Image.Image, images: dict[tuple[float, int], Imag
         tiles = [("input", input_image)] + [(f"eta {eta:.2f}  seed {seed}", images[(eta, seed)]) for eta in etas]
         for col, (label, tile) in enumerate(tiles):
             x = col * cell
+            is_picked = col > 0 and (etas[col - 1], seed) == picked
+            label = f"PICKED eta {etas[col - 1]:.2f} s{seed}" if is_picked else label
             draw.text((x + 3, y + 3), label, fill="black", font=font)
             sheet.paste(tile.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y + label_h))
+            if is_picked:
+                draw.rectangle((x, y + label_h, x + cell - 1, y + label_h + cell - 1), outline=(255, 0, 255), width=3)
     return sheet

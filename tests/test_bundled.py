@@ -85,7 +85,11 @@ def test_the_default_edit_succeeds_by_the_judge(tmp_path):
         reconstruction = shapes.judge(Image.open(out / "images" / f"eta_0.00_seed_{seed}.png"))
         assert shapes.matches(reconstruction, original.attributes()), (seed, reconstruction.attributes())
         assert shapes.centre_distance(reconstruction, original.cx, original.cy) <= 6, seed
-    print(proc.stdout.splitlines()[-2])
+    # The image the CLI picks as the edit, with no person choosing, is edited and in place.
+    picked = shapes.judge(Image.open(out / "images" / "edit.png"))
+    assert shapes.matches(picked, target), (config["picked"]["eta"], config["picked"]["seed"], picked.attributes())
+    assert shapes.centre_distance(picked, original.cx, original.cy) <= 6
+    print(next(line for line in proc.stdout.splitlines() if "edit done in" in line))
 
 
 @pytest.mark.parametrize("seed", [3])

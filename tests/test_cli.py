@@ -59,7 +59,7 @@ def test_launch_writes_the_whole_artifact(launched):
     out, proc = launched
     config = json.loads((out / "imagic_config.json").read_text())
     expected_images = {f"eta_{eta:.2f}_seed_{seed}.png" for eta in (0, 0.7, 1.3) for seed in (11, 12)}
-    assert expected_images | {"input.png", "grid.png"} == {p.name for p in (out / "images").iterdir()}
+    assert expected_images | {"input.png", "grid.png", "edit.png"} == {p.name for p in (out / "images").iterdir()}
     for name in expected_images | {"input.png"}:
         assert Image.open(out / "images" / name).size == (32, 32)
     assert Image.open(out / "images" / "grid.png").size[0] == 4 * 128  # input + three etas
@@ -84,6 +84,16 @@ def test_launch_writes_the_whole_artifact(launched):
     card = (out / "README.md").read_text()
     assert "load_lora_weights" in card and "prompt_embeds" in card
     assert "imagic_lora: edit done in" in proc.stdout
+    # The automatic pick: one of the images with eta > 0, copied byte for byte, every candidate recorded.
+    picked = config["picked"]
+    assert picked["image"] == "images/edit.png" and picked["scored_with"] == "base"
+    assert [(c["eta"], c["seed"]) for c in picked["candidates"]] == [(eta, seed) for eta in (0.7, 1.3) for seed in (11, 12)]
+    assert (picked["eta"], picked["seed"]) in [(c["eta"], c["seed"]) for c in picked["candidates"]]
+    assert (out / "images" / "edit.png").read_bytes() == \
+        (out / "images" / f"eta_{picked['eta']:.2f}_seed_{picked['seed']}.png").read_bytes()
+    assert f"picked eta {picked['eta']}, seed {picked['seed']} as the edit" in card
+    assert f"picked automatically: {out / 'images' / 'edit.png'} (eta {picked['eta']}, seed {picked['seed']})" \
+        in proc.stdout
     # Nothing temporary is left beside the output.
     assert [p.name for p in out.parent.iterdir()] == ["edit"]
 
@@ -161,6 +171,12 @@ def test_same_seed_gives_the_same_artifact(launched, tiny_sd, input_png, tmp_pat
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     for png in (out / "images").glob("eta_*.png"):
         assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "again" / "images" / png.name)))
+
+
+def test_no_pick_edit_writes_no_pick(tiny_sd, input_png, tmp_path):
+    assert run_inprocess(tiny_sd, input_png, tmp_path / "e", "--no-pick_edit", "--etas", "0", "0.7", "--num_seeds", "1") == 0
+    assert not (tmp_path / "e" / "images" / "edit.png").exists()
+    assert json.loads((tmp_path / "e" / "imagic_config.json").read_text())["picked"] is None
 
 
 def test_load_edit_refuses_another_base_model(launched, tmp_path):

@@ -1,0 +1,117 @@
+"""Step C's automatic pick (imagic_lora.pick): the rule, the classifier's properties on a tiny model,
+its verdicts on the bundled model's renders, and the LoRA switched off only while scoring."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from imagic_lora import shapes
+from imagic_lora.conditioning import encode_prompt
+from imagic_lora.config import BUNDLED_MODEL
+from imagic_lora.diffusion import encode_image_latents
+from imagic_lora.images import pil_to_tensor
+from imagic_lora.lora import add_lora
+from imagic_lora.models import load_pipeline, training_noise_scheduler
+from imagic_lora.pick import choose, pick_edit, score_timesteps, text_scores
+
+ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def test_choose_takes_the_nearest_of_the_edited():
+    # scores: 0.1 is the best; 0.06 and 0.05 are >= half of it; 0.04 and -1 are not.
+    pick = choose([0.04, 0.1, 0.06, -1.0, 0.05], [0.0, 0.9, 0.5, 0.1, 0.7])
+    assert pick.kept == [False, True, True, False, True]
+    assert pick.index == 2  # nearest among the kept, not the nearest overall (index 0)
+    assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=0.3).index == 0
+    assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=1.0).index == 1
+
+
+def test_choose_without_an_edited_candidate_takes_the_best_score():
+    pick = choose([-0.3, -0.1, -0.2], [0.0, 0.9, 0.5])
+    assert pick.index == 1 and pick.kept == [False, False, False]
+    with pytest.raises(ValueError):
+        choose([0.1], [0.1, 0.2])
+    with pytest.raises(ValueError):
+        choose([], [])
+
+
+def test_score_timesteps_cover_the_noisier_half():
+    t = score_timesteps(1000, 16)
+    assert t.shape == (16,) and int(t.min()) >= 500 and int(t.max()) < 1000
+    assert bool((t[1:] > t[:-1]).all())
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_sd):
+    pipe = load_pipeline(str(tiny_sd))
+    scheduler = training_noise_scheduler(pipe)
+    a = encode_prompt(pipe, "a large blue square on a white background", "cpu")
+    b = encode_prompt(pipe, "a small red circle on a black background", "cpu")
+    latents = torch.randn((3, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    return pipe, scheduler, a, b, latents
+
+
+def scores(pipe, scheduler, latents, e1, e2, seed=0, **kw):
+    return text_scores(pipe.unet, scheduler, latents, e1, e2, generator=torch.Generator().manual_seed(seed),
+                       weight_dtype=torch.float32, num_timesteps=8, **kw)
+
+
+def test_text_scores_are_a_seeded_antisymmetric_difference(tiny):
+    pipe, scheduler, a, b, latents = tiny
+    ab = scores(pipe, scheduler, latents, a, b)
+    assert ab.shape == (3,) and ab.dtype == torch.float32 and bool(ab.abs().min() > 0)
+    torch.testing.assert_close(scores(pipe, scheduler, latents, b, a), -ab)
+    torch.testing.assert_close(scores(pipe, scheduler, latents, a, a), torch.zeros(3), rtol=0, atol=0)
+    torch.testing.assert_close(scores(pipe, scheduler, latents, a, b), ab, rtol=0, atol=0)  # same seed
+    assert not torch.equal(scores(pipe, scheduler, latents, a, b, seed=1), ab)
+    # the chunking of the UNet batch does not change the result; each candidate is scored on its own
+    torch.testing.assert_close(scores(pipe, scheduler, latents, a, b, batch_size=5), ab)
+    torch.testing.assert_close(scores(pipe, scheduler, latents[1:2], a, b), ab[1:2])
+
+
+def test_the_bundled_model_scores_the_render_of_the_target_text_positive():
+    """On a model that knows its world, the classifier tells which of two captions an image shows."""
+    pipe = load_pipeline(str(BUNDLED_MODEL))
+    scheduler = training_noise_scheduler(pipe)
+    rng = random.Random(0)
+    scenes = [shapes.random_scene(rng, shape="circle", color="blue", size="large", background="white"),
+              shapes.random_scene(rng, shape="square", color="red", size="large", background="white"),
+              shapes.random_scene(rng, shape="triangle", color="blue", size="small", background="gray")]
+    latents = torch.cat([encode_image_latents(pipe.vae, pil_to_tensor(shapes.render_photo(s, seed=i)))
+                         for i, s in enumerate(scenes)])
+    blue_circle = encode_prompt(pipe, "a large blue circle on a white background", "cpu")
+    red_square = encode_prompt(pipe, "a large red square on a white background", "cpu")
+    s = text_scores(pipe.unet, scheduler, latents, blue_circle, red_square, generator=torch.Generator().manual_seed(0),
+                    weight_dtype=pipe.unet.dtype)
+    assert s[0] > 0 > s[1], s.tolist()
+
+
+def test_pick_edit_scores_with_the_lora_off_and_turns_it_back_on(tiny):
+    pipe, scheduler, a, b, _ = tiny
+    from PIL import Image
+    candidates = [Image.new("RGB", (32, 32), c) for c in ("white", "blue", (40, 40, 40))]
+    latents = torch.cat([encode_image_latents(pipe.vae, pil_to_tensor(c)) for c in candidates])
+    base_scores = text_scores(pipe.unet, scheduler, latents, a, b, generator=torch.Generator().manual_seed(5),
+                              weight_dtype=torch.float32)
+    x = torch.randn((1, 4, 4, 4), generator=torch.Generator().manual_seed(1))
+    add_lora(pipe.unet, rank=4, alpha=8, target_modules=ATTN, seed=0, init_lora_weights=False)
+    try:
+        with torch.no_grad():
+            adapted = pipe.unet(x, torch.tensor([500]), encoder_hidden_states=a.prompt_embeds).sample
+        lora_scores = text_scores(pipe.unet, scheduler, latents, a, b, generator=torch.Generator().manual_seed(5),
+                                  weight_dtype=torch.float32)
+        assert not torch.allclose(lora_scores, base_scores)  # the adapter does change the scores
+        input_latents = latents[2:3]
+        pick, scored_with = pick_edit(pipe, scheduler, input_latents, candidates, a, b, seed=5,
+                                      weight_dtype=torch.float32)
+        assert scored_with == "base"
+        torch.testing.assert_close(torch.tensor(pick.text_scores), base_scores)
+        assert pick.distances[2] == pytest.approx(0.0, abs=1e-10)
+        with torch.no_grad():
+            after = pipe.unet(x, torch.tensor([500]), encoder_hidden_states=a.prompt_embeds).sample
+        torch.testing.assert_close(after, adapted, rtol=0, atol=0)  # the LoRA is back on
+    finally:
+        pipe.unet.delete_adapters(list(pipe.unet.peft_config))
