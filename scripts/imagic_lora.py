@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from imagic_lora import __version__  # noqa: E402
@@ -43,7 +44,7 @@ from imagic_lora.interrupt import Interrupted, StopFlag  # noqa: E402
 from imagic_lora.jobs import Job, is_complete, read_manifest, read_tedbench, write_summary  # noqa: E402
 from imagic_lora.lora import add_lora, architecture_of, kohya_metadata  # noqa: E402
 from imagic_lora.metrics import peak_memory, timed  # noqa: E402
-from imagic_lora.pick import pick_edit  # noqa: E402
+from imagic_lora.pick import pick_edit, pick_record  # noqa: E402
 from imagic_lora.models import (  # noqa: E402
     inference_scheduler, load_pipeline, load_tokenizer_and_vocabulary, model_family, native_resolution,
     prepare_unet, training_noise_scheduler, weight_dtype_for)
@@ -218,27 +219,21 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                 stop.check()
             pipe.scheduler = model_scheduler  # the next edit starts from the model's own
             # ---- C': pick the edit among the images with eta > 0 (the model scores them; no person) ----
-            from PIL import Image
             candidates = [pair for pair in images if pair[0] > 0]
             picked = None
             if cfg.pick_edit and candidates:
                 pick, scored_with = pick_edit(pipe, noise_scheduler, latents.to(device),
                                               [Image.open(images[pair]).convert("RGB") for pair in candidates],
                                               e_tgt, e_opt, seed=cfg.seed + 2, weight_dtype=weight_dtype,
-                                              add_time_ids=add_time_ids, batch_size=2 * batch)
-                eta, seed = candidates[pick.index]
-                shutil.copyfile(images[(eta, seed)], out / "images" / EDIT_IMAGE_NAME)
-                picked = {"image": f"images/{EDIT_IMAGE_NAME}", "eta": eta, "seed": seed, "scored_with": scored_with,
-                          "candidates": [{"eta": e, "seed": s, "text_score": round(t, 6), "latent_distance": round(d, 6),
-                                          "kept": k} for (e, s), t, d, k in
-                                         zip(candidates, pick.text_scores, pick.distances, pick.kept)]}
+                                              add_time_ids=add_time_ids, batch_size=2 * batch)  # A: seed, B: seed+1
+                shutil.copyfile(images[candidates[pick.index]], out / "images" / EDIT_IMAGE_NAME)
+                picked = pick_record(pick, candidates, f"images/{EDIT_IMAGE_NAME}", scored_with)
             for module in encoders + [pipe.vae]:
                 module.to("cpu")
             free_accelerator_cache(device)
 
         # ---- save the artifact ----
         with timed(timings, "save", device, phase_memory):
-            from PIL import Image
             image.save(out / "images" / "input.png")
             contact_sheet(image, {k: Image.open(v) for k, v in images.items()}, cfg.etas, cfg.seeds,
                           picked=(picked["eta"], picked["seed"]) if picked else None).save(
