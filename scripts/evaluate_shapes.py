@@ -355,34 +355,47 @@ def write_plot(path: Path, summary: dict) -> None:
 
 
 def write_examples(path: Path, cases: list[Case], model: str, flags: list[str], eta: float, args) -> None:
-    """A contact sheet: input photo, Imagic-LoRA at the recommended eta, and the target caption."""
+    """A contact sheet: input photo, Imagic-LoRA at eta 0 and at ``eta`` (first seed), the edit the CLI
+    picked automatically (as in the benchmark's 'auto' row: the same etas and seeds), and the verdicts."""
     cli = load_cli()
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="shapes-examples-"))
+    etas = sorted({0.0, eta, *args.etas})
     try:
         for case in cases:
             photo = shapes.render_photo(case.scene, seed=case.seed)
             photo.save(workdir / "in.png")
             out = workdir / f"c{case.index}"
             cli.main(["--pretrained_model_name_or_path", model, "--input_image", str(workdir / "in.png"),
-                      "--target_prompt", case.target_prompt, "--output_dir", str(out), "--etas", "0", str(eta),
-                      "--num_seeds", "1", "--seed", str(case.seed), "--overwrite", *flags])
-            rows.append((case, photo, Image.open(out / "images" / f"eta_0.00_seed_{case.seed}.png").convert("RGB"),
-                         Image.open(out / "images" / f"eta_{eta:.2f}_seed_{case.seed}.png").convert("RGB")))
+                      "--target_prompt", case.target_prompt, "--output_dir", str(out), "--etas", *map(str, etas),
+                      "--num_seeds", str(args.num_seeds), "--seed", str(case.seed), "--overwrite", *flags])
+            picked = json.loads((out / "imagic_config.json").read_text()).get("picked")
+            tiles = [("input", photo),
+                     ("eta 0", Image.open(out / "images" / f"eta_0.00_seed_{case.seed}.png").convert("RGB")),
+                     (f"eta {eta}", Image.open(out / "images" / f"eta_{eta:.2f}_seed_{case.seed}.png").convert("RGB"))]
+            if picked:
+                tiles.append((f"picked eta {picked['eta']} seed+{picked['seed'] - case.seed}",
+                              Image.open(out / picked["image"]).convert("RGB")))
+            rows.append((case, photo, tiles))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     cell, label = 128, 14
-    sheet = Image.new("RGB", (3 * cell + 330, len(rows) * (cell + label)), "white")
+    columns = max(len(tiles) for _, _, tiles in rows)
+    sheet = Image.new("RGB", (columns * cell + 330, len(rows) * (cell + label)), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (case, photo, recon, edit) in enumerate(rows):
+    for i, (case, photo, tiles) in enumerate(rows):
         y = i * (cell + label)
-        for j, (title, image) in enumerate((("input", photo), ("eta 0", recon), (f"eta {eta}", edit))):
+        for j, (title, image) in enumerate(tiles):
             draw.text((j * cell + 2, y), title, fill="black")
             sheet.paste(image.resize((cell, cell), Image.Resampling.NEAREST), (j * cell, y + label))
-        verdict = score(edit, case, (shapes.judge(photo).cx, shapes.judge(photo).cy))
-        draw.text((3 * cell + 8, y + label + 20), f"{case.attribute} edit:\n{case.target_prompt}\n"
-                  f"judge: {'edited' if verdict['success'] else 'not edited'}, "
-                  f"{'in place' if verdict['place'] else 'moved'}", fill="black")
+        reading = shapes.judge(photo)
+        verdicts = []
+        for title, image in tiles[2:]:
+            v = score(image, case, (reading.cx, reading.cy))
+            verdicts.append(f"{title.split(' seed')[0]}: {'edited' if v['success'] else 'not edited'}, "
+                            f"{'in place' if v['place'] else 'moved'}")
+        draw.text((columns * cell + 8, y + label + 14), f"{case.attribute} edit:\n{case.target_prompt}\n"
+                  + "\n".join(verdicts), fill="black")
     sheet.save(path)
 
 

@@ -65,3 +65,26 @@ def test_reuse_refuses_other_cases_or_settings(bench, tmp_path):
     same_cases, _ = _run(bench.make_cases(4, seed=0), ["a"])
     with pytest.raises(SystemExit, match="etas"):
         bench.merge_reused(same_cases, earlier, Namespace(num_seeds=1, etas=[0.0, 0.8], strengths=[0.5]))
+
+
+def test_report_shows_the_automatic_pick_beside_the_etas(bench, tmp_path):
+    """The 'auto' row (one pick per case) is summarised, drawn as a line in the plot, and reported
+    beside the recommended eta; it never stands in for an eta in the comparisons."""
+    cases = bench.make_cases(4, seed=0)
+    results, meta = _run(cases, ["imagic_lora", "sdedit"], etas=(0.0, 0.8))
+    for i, r in enumerate(results):
+        for record in r["methods"]["sdedit"]["records"]:
+            record["success"] = False  # no strength reaches our success; only sdedit's 'auto' row would
+        r["methods"]["imagic_lora"]["records"].append({"setting": bench.AUTO, "seed": 0, "picked_eta": 0.8,
+                                                       "success": True, "place": i < 3, "both": i < 3})
+        r["methods"]["sdedit"]["records"].append({"setting": bench.AUTO, "seed": 0, "success": True,
+                                                  "place": True, "both": True})
+    summary = bench.summarise(results)
+    assert summary["imagic_lora"]["settings"]["auto"] == {"success": 1.0, "place": 0.75, "both": 0.75, "n": 4}
+    meta.update(num_cases=4, device="CPU", torch="t", diffusers="d", model="m", recommended_eta=0.8)
+    bench.write_markdown(tmp_path / "r.md", summary, meta)
+    text = (tmp_path / "r.md").read_text()
+    assert "| imagic_lora (automatic pick, one image per case) | auto | 100% | 75% | **75%** |" in text
+    assert "| sdedit | 0.0 (its most success) | 0% |" in text  # sdedit's own 'auto' is not a strength
+    bench.write_plot(tmp_path / "r.png", summary)
+    assert (tmp_path / "r.png").stat().st_size > 0
