@@ -222,10 +222,13 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             candidates = [pair for pair in images if pair[0] > 0]
             picked = None
             if cfg.pick_edit and candidates:
+                # As many noisy latents per UNet call as step C's guided batch (2 x its images), so the
+                # pick needs no more memory than C; small latents (16x16: 64 a call) go faster in bulk.
+                score_batch = max(2 * batch, 16384 // latents[0, 0].numel())
                 pick, scored_with = pick_edit(pipe, noise_scheduler, latents.to(device),
                                               [Image.open(images[pair]).convert("RGB") for pair in candidates],
                                               e_tgt, e_opt, seed=cfg.seed + 2, weight_dtype=weight_dtype,
-                                              add_time_ids=add_time_ids, batch_size=2 * batch)  # A: seed, B: seed+1
+                                              add_time_ids=add_time_ids, batch_size=score_batch)  # A: seed, B: seed+1
                 shutil.copyfile(images[candidates[pick.index]], out / "images" / EDIT_IMAGE_NAME)
                 picked = pick_record(pick, candidates, f"images/{EDIT_IMAGE_NAME}", scored_with)
             for module in encoders + [pipe.vae]:
