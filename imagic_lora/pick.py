@@ -31,8 +31,9 @@ import torch
 
 from .conditioning import PromptEmbeds, unet_condition
 from .diffusion import encode_image_latents, prediction_target
+from .images import pil_to_tensor
 
-KEEP_FRACTION = 0.5  # the middle of the plateau (0.5-0.9 gave the same picks) on the tuning cases
+KEEP_FRACTION = 0.5  # tuning cases: 0.5 / 0.7 / 0.9 gave 69 / 67 / 69% edited and in place; 0.3: 56%
 
 
 @dataclass
@@ -109,8 +110,6 @@ def pick_edit(pipe, noise_scheduler, input_latents: torch.Tensor, candidates: li
     ``batch_size`` noisy latents go through the UNet at a time: twice step C's images per call
     (classifier-free guidance doubles its batch) keeps the peak memory at step C's.
     Returns the pick and which model scored ("base" or "fine-tuned")."""
-    from .images import pil_to_tensor
-
     device = input_latents.device
     latents = torch.cat([encode_image_latents(pipe.vae, pil_to_tensor(c).to(device)) for c in candidates])
     distances = (latents - input_latents).pow(2).flatten(1).mean(1)
