@@ -19,8 +19,8 @@ score is positive (nothing looks edited), it is the best-scoring one.
 
 Measured on the shapes world (docs/shapes_benchmark.md): on its tuning cases, of 10-14 candidates
 (2 seeds x 5-7 η) the pick was edited and in place in 67-69% of cases, against 54-55% for one image
-at a fixed η; on the benchmark's 60 cases, 68% against 51% at the recommended η 0.8. A person
-choosing from the same candidates gets 83-90%.
+at a fixed η; on the benchmark's 60 cases, 65% from the CLI's default 10 candidates and 68% from
+14, against 51% at the recommended η 0.8. A person choosing from the same candidates gets 78-90%.
 """
 
 from __future__ import annotations
