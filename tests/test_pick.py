@@ -22,11 +22,25 @@ ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
 def test_choose_takes_the_nearest_of_the_edited():
     # scores: 0.1 is the best; 0.06 and 0.05 are >= half of it; 0.04 and -1 are not.
-    pick = choose([0.04, 0.1, 0.06, -1.0, 0.05], [0.0, 0.9, 0.5, 0.1, 0.7])
+    pick = choose([0.04, 0.1, 0.06, -1.0, 0.05], [0.0, 0.9, 0.5, 0.1, 0.7], keep_fraction=0.5)
     assert pick.kept == [False, True, True, False, True]
     assert pick.index == 2  # nearest among the kept, not the nearest overall (index 0)
     assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=0.3).index == 0
     assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=1.0).index == 1
+
+
+def test_choose_measures_edited_from_the_inputs_own_score():
+    # The input scores -0.6; the best candidate -0.1: edited means at least -0.35 (half-way).
+    scores, distances = [-0.5, -0.25, -0.1, -0.45], [0.1, 0.6, 0.9, 0.05]
+    pick = choose(scores, distances, keep_fraction=0.5, reference=-0.6)
+    assert pick.kept == [False, True, True, False] and pick.index == 1 and pick.reference == -0.6
+    # Against 0 (no reference) no candidate looks edited, so the best score alone would win.
+    assert choose(scores, distances, keep_fraction=0.5).index == 2
+    # The default fraction (0.8) asks for more: only the best (-0.1 >= -0.6 + 0.8 * 0.5) counts.
+    assert choose(scores, distances, reference=-0.6).kept == [False, False, True, False]
+    # A candidate that does not beat the input's own score is never counted as edited.
+    assert choose([-0.7, -0.65], [0.0, 0.1], reference=-0.6).kept == [False, False]
+    assert choose([-0.7, -0.65], [0.0, 0.1], reference=-0.6).index == 1
 
 
 def test_choose_without_an_edited_candidate_takes_the_best_score():
@@ -110,6 +124,8 @@ def test_pick_edit_scores_with_the_lora_off_and_turns_it_back_on(tiny):
         assert scored_with == "base"
         torch.testing.assert_close(torch.tensor(pick.text_scores), base_scores)
         assert pick.distances[2] == pytest.approx(0.0, abs=1e-10)
+        # the input is scored alongside (with the same noises): its score is the reference
+        assert pick.reference == pytest.approx(float(base_scores[2]), abs=1e-6)
         with torch.no_grad():
             after = pipe.unet(x, torch.tensor([500]), encoder_hidden_states=a.prompt_embeds).sample
         torch.testing.assert_close(after, adapted, rtol=0, atol=0)  # the LoRA is back on
