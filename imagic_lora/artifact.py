@@ -192,7 +192,7 @@ import torch
 from diffusers import {pipeline_class}, {scheduler_class}
 from safetensors.torch import load_file
 
-pipe = {pipeline_class}.from_pretrained("{base_model}"{load_kwargs})
+pipe = {pipeline_class}.from_pretrained("{base_model}"{load_kwargs}){to_device}
 pipe.scheduler = {scheduler_class}.from_config(pipe.scheduler.config)
 {load_weights}
 embeds = load_file("{artifact}/imagic_embeds.safetensors")
@@ -240,7 +240,13 @@ def write_model_card(folder: Path, config: dict) -> None:
         files="\n".join(f"| `{name}` | {what} |" for name, what in files),
         recommended_eta=config["recommended_eta"], recommended_eta_2f=f"{config['recommended_eta']:.2f}",
         pipeline_class=config["pipeline_class"], scheduler_class=config["scheduler_class"],
-        load_kwargs="" if sdxl else ", safety_checker=None", load_weights=load_weights,
+        # The dtype the run's frozen weights had: the one that reproduces its images. Without it a
+        # checkpoint saved in fp16 (the bundled model) loads in fp16, which a CPU cannot run with the
+        # fp32 LoRA.
+        load_kwargs=("" if sdxl else ", safety_checker=None") + f", dtype=torch.{config.get('weight_dtype', 'float32')}",
+        to_device="" if str(config.get("device", "cpu")).startswith("cpu") else
+        f'.to("{str(config["device"]).split(":")[0]}")',
+        load_weights=load_weights,
         artifact=config["artifact_name"], call_embeds=call, guidance_scale=config["guidance_scale"],
         num_inference_steps=config["num_inference_steps"], seed=config["seed"], revision=config["revision"],
         emb_train_steps=config["emb_train_steps"], emb_learning_rate=config["emb_learning_rate"],
