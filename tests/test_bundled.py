@@ -89,13 +89,15 @@ def test_the_default_edit_succeeds_by_the_judge(tmp_path):
     picked = shapes.judge(Image.open(out / "images" / "edit.png"))
     assert shapes.matches(picked, target), (config["picked"]["eta"], config["picked"]["seed"], picked.attributes())
     assert shapes.centre_distance(picked, original.cx, original.cy) <= 6
+    print(next(line for line in proc.stdout.splitlines() if "edit done in" in line))
     # The model card's snippet, run as a user copies it (from the folder above the artifact), gives the
     # recommended eta's image back (within rounding: the run drew 4 images per call). The bundled model
     # is saved in fp16; without the card's dtype a CPU fails on it.
     card = (out / "README.md").read_text()
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
-    proc = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    card_run = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+    assert card_run.returncode == 0, card_run.stderr[-2000:]
     mine = np.asarray(Image.open(tmp_path / "edit.png"), dtype=np.int16)
     run = np.asarray(Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seeds[0]}.png").convert("RGB"), dtype=np.int16)
     assert int(np.abs(mine - run).max()) <= 1
