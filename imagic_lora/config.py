@@ -138,7 +138,7 @@ class ImagicConfig:
     pick_edit: bool = _field(
         True, "Pick one image (eta > 0) as the edit, images/edit.png, by the model's own scores: of those the "
               "target text explains clearly better than it explains the input (base model, e_tgt against "
-              "e_opt), the nearest to the input.")
+              "e_opt), the one whose edges lie nearest the input's.")
     # Batched is about twice as fast on a CPU; SDXL at 1024 px decodes in fp32 by default, so one at a time.
     sample_batch_size: int | None = _field(
         None, "Step C: images per pipeline call; default 4 (SDXL: 1). 1 uses the least memory and makes each "

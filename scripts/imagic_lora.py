@@ -225,7 +225,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                 # As many noisy latents per UNet call as step C's guided batch (2 x its images), so the
                 # pick needs no more memory than C; small latents (16x16: 64 a call) go faster in bulk.
                 score_batch = max(2 * batch, 16384 // latents[0, 0].numel())
-                pick, scored_with = pick_edit(pipe, noise_scheduler, latents.to(device),
+                pick, scored_with = pick_edit(pipe, noise_scheduler, image, latents.to(device),
                                               [Image.open(images[pair]).convert("RGB") for pair in candidates],
                                               e_tgt, e_opt, seed=cfg.seed + 2, weight_dtype=weight_dtype,
                                               add_time_ids=add_time_ids, batch_size=score_batch)  # A: seed, B: seed+1

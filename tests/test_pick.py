@@ -3,6 +3,7 @@ its verdicts on the bundled model's renders, and the LoRA switched off only whil
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -15,7 +16,7 @@ from imagic_lora.diffusion import encode_image_latents
 from imagic_lora.images import pil_to_tensor
 from imagic_lora.lora import add_lora
 from imagic_lora.models import load_pipeline, training_noise_scheduler
-from imagic_lora.pick import choose, pick_edit, score_timesteps, text_scores
+from imagic_lora.pick import choose, pick_edit, score_timesteps, structure_distances, text_scores
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -36,8 +37,8 @@ def test_choose_measures_edited_from_the_inputs_own_score():
     assert pick.kept == [False, True, True, False] and pick.index == 1 and pick.reference == -0.6
     # Against 0 (no reference) no candidate looks edited, so the best score alone would win.
     assert choose(scores, distances, keep_fraction=0.5).index == 2
-    # The default fraction (0.8) asks for more: only the best (-0.1 >= -0.6 + 0.8 * 0.5) counts.
-    assert choose(scores, distances, reference=-0.6).kept == [False, False, True, False]
+    # The default fraction (0.7) asks for more: at least -0.6 + 0.7 * 0.5 = -0.25, so -0.22 counts, -0.28 not.
+    assert choose([-0.5, -0.28, -0.1, -0.22], distances, reference=-0.6).kept == [False, False, True, True]
     # A candidate that does not beat the input's own score is never counted as edited.
     assert choose([-0.7, -0.65], [0.0, 0.1], reference=-0.6).kept == [False, False]
     assert choose([-0.7, -0.65], [0.0, 0.1], reference=-0.6).index == 1
@@ -50,6 +51,29 @@ def test_choose_without_an_edited_candidate_takes_the_best_score():
         choose([0.1], [0.1, 0.2])
     with pytest.raises(ValueError):
         choose([], [])
+
+
+def test_structure_distance_sees_where_the_edges_are_not_their_colours():
+    scene = shapes.Scene("circle", "red", "small", "white", 16, 20, 20)
+
+    def pixels(**change):
+        return pil_to_tensor(shapes.render(dataclasses.replace(scene, **change)))
+
+    reference = pixels()
+    candidates = torch.cat([reference, pixels(color="blue"), pixels(background="black", color="yellow"),
+                            pixels(shape="square"), pixels(size="large", span=32), pixels(cx=26),
+                            pixels(cx=44, cy=40), pixels(size="large", span=32, cx=40, cy=40)])
+    d = structure_distances(candidates, reference)
+    assert d.shape == (8,) and float(d.min()) >= 0.0 and float(d.max()) <= 2.0
+    same, recolour, new_background, reshaped, grown, shifted, moved, grown_moved = d.tolist()
+    assert same == recolour == new_background == 0.0  # colour and brightness move no edge
+    assert reshaped < shifted < grown < grown_moved and grown < moved, d.tolist()
+    # The same measure at 4x the resolution: the images are resized to 64 px first.
+    big = torch.nn.functional.interpolate(torch.cat([candidates, reference]), scale_factor=4, mode="bilinear")
+    torch.testing.assert_close(structure_distances(big[:-1], big[-1:]), d, rtol=0, atol=0.02)
+    # A flat image has no edges: it matches another flat image and nothing else.
+    flat = torch.zeros((1, 3, 64, 64))
+    assert structure_distances(torch.cat([flat, reference]), flat).tolist() == [0.0, 1.0]
 
 
 def test_score_timesteps_cover_the_noisier_half():
@@ -119,7 +143,7 @@ def test_pick_edit_scores_with_the_lora_off_and_turns_it_back_on(tiny):
                                   weight_dtype=torch.float32)
         assert not torch.allclose(lora_scores, base_scores)  # the adapter does change the scores
         input_latents = latents[2:3]
-        pick, scored_with = pick_edit(pipe, scheduler, input_latents, candidates, a, b, seed=5,
+        pick, scored_with = pick_edit(pipe, scheduler, candidates[2], input_latents, candidates, a, b, seed=5,
                                       weight_dtype=torch.float32)
         assert scored_with == "base"
         torch.testing.assert_close(torch.tensor(pick.text_scores), base_scores)
