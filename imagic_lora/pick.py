@@ -26,13 +26,12 @@ its score lies at least ``keep_fraction`` of the way from s(x) to the best score
 is the edited one nearest the input in structure: the edit made while keeping the most of the
 photo's layout. When no candidate beats the input's own score, it is the best-scoring one.
 
-Measured on the shapes world (docs/shapes_benchmark.md). On 47 tuning cases (8 seeds x 7 η each,
-every image judged; picks among every seed subset) the rule is edited and in place in 65% of picks
-from the CLI's default candidates (4 seeds x η 0.8, 1.0), against 63% for the earlier rule (the
-fraction of the best score, reference 0) and 60% for that rule among 2 seeds x η 0.6-1.0, the
-earlier default; a person choosing from the 8 candidates with the judge gets 82%. On the benchmark's
-60 cases: 68% from the CLI's default 8 candidates (a person: 85%), 65% from the benchmark's 14 (2 seeds
-x 7 η; the earlier rule: 68%), against 50-51% for one image at the recommended η 0.8.
+Measured on the shapes world (docs/shapes_benchmark.md). On 48 tuning cases (8 seeds x 7 η each,
+every image judged; picks among every seed subset) the rule is edited and in place in 75% of picks
+from the CLI's default candidates (4 seeds x η 0.8, 1.0), against 66% with the latent distance and
+the fraction 0.8 (the previous rule); a person choosing from the 8 candidates with the judge gets 82%.
+On the benchmark's 60 cases: 73% from the CLI's default 8 candidates (the previous rule: 68%; a
+person: 85%), against 50% for one image at the recommended η 0.8.
 """
 
 from __future__ import annotations

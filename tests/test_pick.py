@@ -129,8 +129,12 @@ def test_the_bundled_model_scores_the_render_of_the_target_text_positive():
 
 def test_pick_edit_scores_with_the_lora_off_and_turns_it_back_on(tiny):
     pipe, scheduler, a, b, _ = tiny
-    from PIL import Image
-    candidates = [Image.new("RGB", (32, 32), c) for c in ("white", "blue", (40, 40, 40))]
+    from PIL import Image, ImageDraw
+    candidates = []
+    for colour, box in (("white", (4, 4, 12, 12)), ("blue", (18, 16, 28, 26)), ((40, 40, 40), (10, 8, 20, 18))):
+        candidate = Image.new("RGB", (32, 32), colour)
+        ImageDraw.Draw(candidate).rectangle(box, fill="red")
+        candidates.append(candidate)
     latents = torch.cat([encode_image_latents(pipe.vae, pil_to_tensor(c)) for c in candidates])
     base_scores = text_scores(pipe.unet, scheduler, latents, a, b, generator=torch.Generator().manual_seed(5),
                               weight_dtype=torch.float32)
@@ -147,7 +151,10 @@ def test_pick_edit_scores_with_the_lora_off_and_turns_it_back_on(tiny):
                                       weight_dtype=torch.float32)
         assert scored_with == "base"
         torch.testing.assert_close(torch.tensor(pick.text_scores), base_scores)
-        assert pick.distances[2] == pytest.approx(0.0, abs=1e-10)
+        # distances: the structure distance to the input (here the third candidate) from the PIL images
+        expected = structure_distances(torch.cat([pil_to_tensor(c) for c in candidates]), pil_to_tensor(candidates[2]))
+        torch.testing.assert_close(torch.tensor(pick.distances), expected)
+        assert pick.distances[2] == pytest.approx(0.0, abs=1e-6) and min(pick.distances[:2]) > 0.1
         # the input is scored alongside (with the same noises): its score is the reference
         assert pick.reference == pytest.approx(float(base_scores[2]), abs=1e-6)
         with torch.no_grad():
