@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .conditioning import PromptEmbeds, unet_condition
 from .diffusion import encode_image_latents, prediction_target
@@ -66,7 +67,8 @@ def pick_record(pick: Pick, candidates: list[tuple[float, int]], image: str, sco
     eta, seed = candidates[pick.index]
     return {"image": image, "eta": eta, "seed": seed, "scored_with": scored_with,
             "input_text_score": round(pick.reference, 6),
-            "candidates": [{"eta": e, "seed": s, "text_score": round(t, 6), "structure_distance": round(d, 6), "kept": k}
+            "candidates": [{"eta": e, "seed": s, "text_score": round(t, 6), "structure_distance": round(d, 6),
+                            "kept": k}
                            for (e, s), t, d, k in zip(candidates, pick.text_scores, pick.distances, pick.kept)]}
 
 
@@ -111,7 +113,7 @@ def structure_distances(candidates: torch.Tensor, reference: torch.Tensor) -> to
     """1 - the correlation of each candidate's edge map with the reference's: (N, 3, H, W) and
     (1, 3, H, W) images in the same range -> (N,) in [0, 2]; 0 where the edges lie where the
     reference's do, at any contrast. Blind to a change of colour or background brightness, which
-    moves every pixel but no edge, and growing where the object's outline moves away."""
+    moves every pixel but no edge; it grows as outlines move away from where the reference has them."""
     maps = edge_map(torch.cat([candidates, reference]))
     maps = maps.flatten(1) - maps.flatten(1).mean(1, keepdim=True)
     c, r = maps[:-1], maps[-1:]
@@ -175,19 +177,21 @@ def choose(text_scores: list[float], distances: list[float], keep_fraction: floa
 
 
 @torch.no_grad()
-def pick_edit(pipe, noise_scheduler, input_image, input_latents: torch.Tensor, candidates: list,
-              e_tgt: PromptEmbeds, e_opt: PromptEmbeds, *, seed: int, weight_dtype: torch.dtype, add_time_ids: torch.Tensor | None = None,
-              num_timesteps: int = 16, keep_fraction: float = KEEP_FRACTION, batch_size: int = 8) -> tuple[Pick, str]:
-    """Pick the edit among ``candidates`` (PIL images at the input's resolution) for the input
-    (``input_image``, the PIL image that step A and B trained on, and its latent (1, C, h, w)). The pipeline's VAE and UNet must be on the device. The UNet's LoRA, if
-    any, is switched off while scoring and back on after; a fully fine-tuned UNet scores itself.
+def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: torch.Tensor, candidates: list,
+              e_tgt: PromptEmbeds, e_opt: PromptEmbeds, *, seed: int, weight_dtype: torch.dtype,
+              add_time_ids: torch.Tensor | None = None, num_timesteps: int = 16,
+              keep_fraction: float = KEEP_FRACTION, batch_size: int = 8) -> tuple[Pick, str]:
+    """Pick the edit among ``candidates`` (PIL images at the input's resolution) for the input: the
+    PIL image steps A and B trained on and its latent (1, C, h, w). The pipeline's VAE and UNet must
+    be on the device. The UNet's LoRA, if any, is switched off while scoring and back on after; a
+    fully fine-tuned UNet scores itself.
     ``batch_size`` noisy latents go through the UNet at a time: twice step C's images per call
     (classifier-free guidance doubles its batch) keeps the peak memory at step C's.
     Returns the pick and which model scored ("base" or "fine-tuned")."""
     device = input_latents.device
-    pixels = torch.cat([pil_to_tensor(c) for c in candidates])  # (N, 3, H, W) on the CPU: cheap at any size
-    distances = structure_distances(pixels, pil_to_tensor(input_image))
-    latents = torch.cat([encode_image_latents(pipe.vae, pil_to_tensor(c).to(device)) for c in candidates])
+    pixels = torch.cat([pil_to_tensor(c) for c in candidates])  # (N, 3, H, W) in [-1, 1], on the CPU
+    distances = structure_distances(pixels, pil_to_tensor(input_image))  # at 64 px: cheap at any size
+    latents = torch.cat([encode_image_latents(pipe.vae, pixels[i:i + 1].to(device)) for i in range(len(pixels))])
     latents = torch.cat([latents, input_latents.float()])  # the input last: its score is the reference
     unet = pipe.unet
     has_lora = bool(getattr(unet, "peft_config", None))
