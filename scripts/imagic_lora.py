@@ -38,11 +38,11 @@ from imagic_lora.diffusion import NonFiniteLossError, encode_image_latents, time
 from imagic_lora.embedding import optimize_embedding  # noqa: E402
 from imagic_lora.errors import ImagicInputError  # noqa: E402
 from imagic_lora.finetune import finetune, full_finetune_parameters, make_optimizer  # noqa: E402
-from imagic_lora.generate import EDIT_IMAGE_NAME, generate_images, image_name  # noqa: E402
+from imagic_lora.generate import EDIT_IMAGE_NAME, default_sample_batch_size, generate_images, image_name  # noqa: E402,E501
 from imagic_lora.images import contact_sheet, load_image, pil_to_tensor  # noqa: E402
 from imagic_lora.interrupt import Interrupted, StopFlag  # noqa: E402
 from imagic_lora.jobs import Job, is_complete, read_manifest, read_tedbench, write_summary  # noqa: E402
-from imagic_lora.lora import add_lora, architecture_of, kohya_metadata  # noqa: E402
+from imagic_lora.lora import add_lora, architecture_of, fused_lora, kohya_metadata  # noqa: E402
 from imagic_lora.metrics import peak_memory, timed  # noqa: E402
 from imagic_lora.pick import pick_edit, pick_record  # noqa: E402
 from imagic_lora.models import (  # noqa: E402
@@ -208,15 +208,16 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             (out / "images").mkdir(exist_ok=True)
             images = {(eta, seed): out / "images" / image_name(eta, seed) for eta in cfg.etas for seed in cfg.seeds}
             pending = [pair for pair, path in images.items() if not path.is_file()]
-            batch = cfg.sample_batch_size or (1 if is_sdxl(pipe) else 4)
-            for start in range(0, len(pending), batch):
-                chunk = pending[start:start + batch]
-                made = generate_images(pipe, [interpolate(e_tgt, e_opt, eta) for eta, _ in chunk],
-                                       [seed for _, seed in chunk], guidance_scale=cfg.guidance_scale,
-                                       num_inference_steps=cfg.num_inference_steps, resolution=resolution)
-                for pair, picture in zip(chunk, made):
-                    picture.save(images[pair])
-                stop.check()
+            batch = cfg.sample_batch_size or default_sample_batch_size(is_sdxl(pipe), resolution)
+            with fused_lora(pipe):  # faster; the base weights come back bit for bit for the pick
+                for start in range(0, len(pending), batch):
+                    chunk = pending[start:start + batch]
+                    made = generate_images(pipe, [interpolate(e_tgt, e_opt, eta) for eta, _ in chunk],
+                                           [seed for _, seed in chunk], guidance_scale=cfg.guidance_scale,
+                                           num_inference_steps=cfg.num_inference_steps, resolution=resolution)
+                    for pair, picture in zip(chunk, made):
+                        picture.save(images[pair])
+                    stop.check()
             pipe.scheduler = model_scheduler  # the next edit starts from the model's own
             # ---- C': pick the edit among the images with eta > 0 (the model scores them; no person) ----
             candidates = [pair for pair in images if pair[0] > 0]

@@ -74,7 +74,7 @@ def test_the_default_edit_succeeds_by_the_judge(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((out / "imagic_config.json").read_text())
     eta, seeds = config["recommended_eta"], config["seeds"]
-    assert len(seeds) >= 2 and config["sample_batch_size"] == 4  # SD: four images per pipeline call
+    assert len(seeds) >= 2 and config["sample_batch_size"] == 8  # SD at 64 px: eight images per pipeline call
     original = shapes.judge(Image.open(DEFAULT_EXAMPLE))
     target = dict(zip(shapes.ATTRIBUTES, ("circle", "blue", "small", "white")))
     edits = [shapes.judge(Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seed}.png")) for seed in seeds]
@@ -91,7 +91,7 @@ def test_the_default_edit_succeeds_by_the_judge(tmp_path):
     assert shapes.centre_distance(picked, original.cx, original.cy) <= 6
     print(next(line for line in proc.stdout.splitlines() if "edit done in" in line))
     # The model card's snippet, run as a user copies it (from the folder above the artifact), gives the
-    # recommended eta's image back (within rounding: the run drew 4 images per call). The bundled model
+    # recommended eta's image back (within rounding: the run drew 8 images per call). The bundled model
     # is saved in fp16; without the card's dtype a CPU fails on it.
     card = (out / "README.md").read_text()
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]

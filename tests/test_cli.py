@@ -126,10 +126,13 @@ def test_stock_pipeline_reproduces_the_script_images(launched, tiny_sd, kohya, e
         pipe.load_lora_weights(str(out))
     embeds = load_file(out / "imagic_embeds.safetensors")
     mix = eta * embeds["target_prompt_embeds"] + (1 - eta) * embeds["optimized_prompt_embeds"]
-    image = pipe(prompt_embeds=mix, guidance_scale=3, num_inference_steps=4,
-                 generator=torch.Generator("cpu").manual_seed(seed)).images[0]
-    script_image = Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seed}.png")
-    assert np.array_equal(np.asarray(image), np.asarray(script_image))
+    draw = lambda: np.asarray(pipe(prompt_embeds=mix, guidance_scale=3, num_inference_steps=4,  # noqa: E731
+                                   generator=torch.Generator("cpu").manual_seed(seed)).images[0]).astype(int)
+    unfused = draw()
+    pipe.fuse_lora()  # the script draws with the LoRA fused
+    script_image = np.asarray(Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seed}.png")).astype(int)
+    assert np.array_equal(draw(), script_image)
+    assert np.abs(unfused - script_image).max() <= 1  # unfused: the same image to rounding
 
 
 def test_load_edit_and_generate_helper_reproduce_the_script(launched, tiny_sd):
@@ -138,6 +141,7 @@ def test_load_edit_and_generate_helper_reproduce_the_script(launched, tiny_sd):
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd), safety_checker=None)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     edit = load_edit(pipe, out)
+    pipe.fuse_lora()
     image = generate_image(pipe, edit.embeds(0.0), seed=11, guidance_scale=3, num_inference_steps=4)
     assert np.array_equal(np.asarray(image), np.asarray(Image.open(out / "images" / "eta_0.00_seed_11.png")))
 
@@ -151,6 +155,7 @@ def test_batched_sweep_matches_one_image_per_call_to_rounding(launched, tiny_sd)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     edit = load_edit(pipe, out)
+    pipe.fuse_lora()
     images = generate_sweep(pipe, edit.e_tgt, edit.e_opt, etas=[0.0, 0.7, 1.3], seeds=[11, 12], guidance_scale=3,
                             num_inference_steps=4, batch_size=4, show_progress=False)
     assert sorted(images) == [(eta, seed) for eta in (0.0, 0.7, 1.3) for seed in (11, 12)]

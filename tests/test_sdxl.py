@@ -77,6 +77,7 @@ def test_stock_sdxl_pipeline_reproduces_the_script(sdxl_edit, tiny_sdxl, kohya):
     pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl))
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.load_lora_weights(str(sdxl_edit), weight_name="imagic_lora_kohya.safetensors" if kohya else None)
+    pipe.fuse_lora()  # the script draws with the LoRA fused
     e = load_file(sdxl_edit / "imagic_embeds.safetensors")
     eta = 0.7
     mix = lambda name: eta * e["target_" + name] + (1 - eta) * e["optimized_" + name]  # noqa: E731

@@ -13,7 +13,7 @@ from imagic_lora.diffusion import denoising_loss, encode_image_latents, predicti
 from imagic_lora.embedding import optimize_embedding
 from imagic_lora.finetune import finetune, full_finetune_parameters, make_optimizer
 from imagic_lora.images import load_image, pil_to_tensor
-from imagic_lora.lora import add_lora
+from imagic_lora.lora import add_lora, fused_lora
 from imagic_lora.models import load_pipeline, native_resolution, training_noise_scheduler
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -107,6 +107,45 @@ def test_lora_invariants_with_nonzero_init(setup):
     assert (adapted - base).abs().max() > 1e-3
     torch.testing.assert_close(disabled, base, rtol=0, atol=0)
     torch.testing.assert_close(again, adapted, rtol=0, atol=0)
+
+
+def test_fused_lora_computes_the_adapter_and_restores_the_base_bit_for_bit(setup):
+    """Step C runs with the LoRA merged: the same output to rounding; after, the base weights are
+    exactly the base's again (unfusing alone leaves rounding), and the adapter still switches."""
+    pipe, scheduler, latents, e_tgt = setup
+    unet = pipe.unet
+    x = torch.randn((2, *latents.shape[1:]), generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([10, 700])
+    cond = e_tgt.prompt_embeds.expand(2, -1, -1)
+    before = snapshot(unet)
+    with torch.no_grad():
+        base = unet(x, t, encoder_hidden_states=cond).sample
+        add_lora(unet, rank=4, alpha=8, target_modules=ATTN + ["conv1", "conv2", "ff.net.2"], seed=0,
+                 init_lora_weights=False)
+        adapted = unet(x, t, encoder_hidden_states=cond).sample
+        weights = {n: p.detach().clone() for n, p in unet.named_parameters()}
+        with fused_lora(pipe):
+            merged = [m for m in unet.modules() if getattr(m, "merged", False)]
+            fused = unet(x, t, encoder_hidden_states=cond).sample
+            changed = [n for n, p in unet.named_parameters() if not torch.equal(p, weights[n])]
+        after = unet(x, t, encoder_hidden_states=cond).sample
+        unet.disable_adapters()
+        disabled = unet(x, t, encoder_hidden_states=cond).sample
+    assert merged and changed and all(".base_layer." in n for n in changed)  # it did merge
+    torch.testing.assert_close(fused, adapted, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(p, weights[n]) for n, p in unet.named_parameters())  # bit for bit
+    torch.testing.assert_close(after, adapted, rtol=0, atol=0)
+    torch.testing.assert_close(disabled, base, rtol=0, atol=0)
+    unet.unload_lora()
+    assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
+
+
+def test_fused_lora_without_an_adapter_changes_nothing(setup):
+    pipe = setup[0]
+    before = snapshot(pipe.unet)
+    with fused_lora(pipe):
+        pass
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
 
 
 def test_lora_init_is_seeded(tiny_sd):
