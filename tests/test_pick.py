@@ -37,8 +37,8 @@ def test_choose_measures_edited_from_the_inputs_own_score():
     assert pick.kept == [False, True, True, False] and pick.index == 1 and pick.reference == -0.6
     # Against 0 (no reference) no candidate looks edited, so the best score alone would win.
     assert choose(scores, distances, keep_fraction=0.5).index == 2
-    # The default fraction (0.7) asks for more: at least -0.6 + 0.7 * 0.5 = -0.25, so -0.22 counts, -0.28 not.
-    assert choose([-0.5, -0.28, -0.1, -0.22], distances, reference=-0.6).kept == [False, False, True, True]
+    # The default fraction (0.6) asks for more: at least -0.6 + 0.6 * 0.5 = -0.3, so -0.28 counts, -0.32 not.
+    assert choose([-0.5, -0.32, -0.1, -0.28], distances, reference=-0.6).kept == [False, False, True, True]
     # A candidate that does not beat the input's own score is never counted as edited.
     assert choose([-0.7, -0.65], [0.0, 0.1], reference=-0.6).kept == [False, False]
     assert choose([-0.7, -0.65], [0.0, 0.1], reference=-0.6).index == 1
