@@ -140,6 +140,22 @@ def test_fused_lora_computes_the_adapter_and_restores_the_base_bit_for_bit(setup
     assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
 
 
+@pytest.mark.parametrize("where", ["inside", "while fusing"])
+def test_fused_lora_restores_the_base_after_an_error(setup, monkeypatch, where):
+    pipe = setup[0]
+    unet = pipe.unet
+    add_lora(unet, rank=4, alpha=8, target_modules=ATTN, seed=0, init_lora_weights=False)
+    weights = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    if where == "while fusing":  # e.g. out of memory after some layers merged
+        fuse = pipe.fuse_lora
+        monkeypatch.setattr(pipe, "fuse_lora", lambda **kw: (fuse(**kw), (_ for _ in ()).throw(RuntimeError("boom"))))
+    with pytest.raises(RuntimeError, match="boom"):
+        with fused_lora(pipe):
+            raise RuntimeError("boom")
+    assert not any(getattr(m, "merged", False) for m in unet.modules())
+    assert all(torch.equal(p, weights[n]) for n, p in unet.named_parameters())
+
+
 def test_fused_lora_without_an_adapter_changes_nothing(setup):
     pipe = setup[0]
     before = snapshot(pipe.unet)
