@@ -216,6 +216,18 @@ Or with the library: `imagic_lora.load_edit(pipe, "{artifact}")`.
 """
 
 
+def _exactness(config: dict) -> str:
+    """How exactly the card's snippet gives the run's image back."""
+    batch = config.get("sample_batch_size")
+    if batch != 1:
+        return (" (to within rounding, a few pixels off by 1 of 255: the sweep drew "
+                f"{batch} images per call; `--sample_batch_size 1` makes it bit for bit in fp32)")
+    if not config.get("full_finetune") and config.get("weight_dtype", "float32") != "float32":
+        return (f" (to within rounding: the run fused the fp32 LoRA into {config['weight_dtype']} weights, a "
+                f"stock pipeline fuses the LoRA cast to {config['weight_dtype']})")
+    return " (bit for bit: the sweep drew one image per call)"
+
+
 def write_model_card(folder: Path, config: dict) -> None:
     full = config["full_finetune"]
     sdxl = config["family"] == "sdxl"
@@ -230,7 +242,7 @@ def write_model_card(folder: Path, config: dict) -> None:
         if config.get("output_kohya_format"):
             files.insert(1, (KOHYA_WEIGHT_NAME, "the same LoRA, kohya format (AUTOMATIC1111, ComfyUI)"))
         load_weights = (f'pipe.load_lora_weights("{config["artifact_name"]}")\n'
-                        'pipe.fuse_lora()  # as the run drew its images (faster; the same images bit for bit)')
+                        'pipe.fuse_lora()  # as the run drew its images: faster, and needed to match them exactly')
     call = 'prompt_embeds=mix("prompt_embeds")'
     if sdxl:
         call += ', pooled_prompt_embeds=mix("pooled_prompt_embeds")'
@@ -245,8 +257,8 @@ def write_model_card(folder: Path, config: dict) -> None:
         # checkpoint saved in fp16 (the bundled model) loads in fp16, which a CPU cannot run with the
         # fp32 LoRA.
         load_kwargs=("" if sdxl else ", safety_checker=None") + f", dtype=torch.{config.get('weight_dtype', 'float32')}",
-        to_device="" if str(config.get("device", "cpu")).startswith("cpu") else
-        f'.to("{str(config["device"]).split(":")[0]}")',
+        # device_type (cuda, mps), not device: that is the card's name ("NVIDIA H100 ..."), not a torch device.
+        to_device="" if config.get("device_type", "cpu") == "cpu" else f'.to("{config["device_type"]}")',
         load_weights=load_weights,
         artifact=config["artifact_name"], call_embeds=call, guidance_scale=config["guidance_scale"],
         num_inference_steps=config["num_inference_steps"], seed=config["seed"], revision=config["revision"],
@@ -254,10 +266,7 @@ def write_model_card(folder: Path, config: dict) -> None:
         max_train_steps=config["max_train_steps"], learning_rate=config["learning_rate"],
         lora_line="" if full else f", rank {config['rank']}, alpha {config['lora_alpha_used']}, "
                                   f"targets {config['lora_target_module_list']}",
-        exactness=(" (bit for bit: the sweep drew one image per call)" if config.get("sample_batch_size") == 1
-                   else " (to within rounding, a few pixels off by 1 of 255: the sweep drew "
-                        f"{config.get('sample_batch_size')} images per call; `--sample_batch_size 1` makes it "
-                        "bit for bit)"),
+        exactness=_exactness(config),
         time_a=timings.get("A", 0.0), time_b=timings.get("B", 0.0), time_c=timings.get("C", 0.0),
         device=config.get("device", "?"),
         picked_line=(f"\nThe run picked eta {config['picked']['eta']}, seed {config['picked']['seed']} as the edit "

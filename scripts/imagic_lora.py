@@ -15,6 +15,7 @@ each process runs whole, independent edits on its own copy of the model (no DDP)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import logging
@@ -210,16 +211,20 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             images = {(eta, seed): out / "images" / image_name(eta, seed) for eta in cfg.etas for seed in cfg.seeds}
             pending = [pair for pair, path in images.items() if not path.is_file()]
             batch = cfg.sample_batch_size or default_sample_batch_size(is_sdxl(pipe), resolution)
-            with fused_lora(pipe):  # faster; the base weights come back bit for bit for the pick
-                for start in range(0, len(pending), batch):
-                    chunk = pending[start:start + batch]
-                    made = generate_images(pipe, [interpolate(e_tgt, e_opt, eta) for eta, _ in chunk],
-                                           [seed for _, seed in chunk], guidance_scale=cfg.guidance_scale,
-                                           num_inference_steps=cfg.num_inference_steps, resolution=resolution)
-                    for pair, picture in zip(chunk, made):
-                        picture.save(images[pair])
-                    stop.check()
-            pipe.scheduler = model_scheduler  # the next edit starts from the model's own
+            try:
+                # Fused: faster; the base weights come back bit for bit for the pick (nothing to draw
+                # after a resume that had drawn every image: no fusing).
+                with fused_lora(pipe) if pending else contextlib.nullcontext():
+                    for start in range(0, len(pending), batch):
+                        chunk = pending[start:start + batch]
+                        made = generate_images(pipe, [interpolate(e_tgt, e_opt, eta) for eta, _ in chunk],
+                                               [seed for _, seed in chunk], guidance_scale=cfg.guidance_scale,
+                                               num_inference_steps=cfg.num_inference_steps, resolution=resolution)
+                        for pair, picture in zip(chunk, made):
+                            picture.save(images[pair])
+                        stop.check()
+            finally:
+                pipe.scheduler = model_scheduler  # the next edit starts from the model's own, even after an error
             # ---- C': pick the edit among the images with eta > 0 (the model scores them; no person) ----
             candidates = [pair for pair in images if pair[0] > 0]
             picked = None
@@ -275,6 +280,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             "weight_dtype": str(weight_dtype).replace("torch.", ""),
             "mixed_precision": accelerator.mixed_precision,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device_type": device.type,
             "loss_A": {"first": losses_a[0] if losses_a else None, "last": losses_a[-1] if losses_a else None},
             "loss_B": {"first": losses_b[0] if losses_b else None, "last": losses_b[-1] if losses_b else None},
             "resumed_from_step_B": start or None,

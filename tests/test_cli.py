@@ -170,6 +170,18 @@ def test_batched_sweep_matches_one_image_per_call_to_rounding(launched, tiny_sd)
     assert not np.array_equal(np.asarray(images[(0.0, 11)]), np.asarray(images[(1.3, 12)]))
 
 
+def test_model_card_of_a_gpu_run_moves_the_pipeline_to_a_torch_device(launched, tmp_path):
+    from imagic_lora.artifact import write_model_card
+    out, _ = launched
+    config = json.loads((out / "imagic_config.json").read_text())
+    assert config["device_type"] == "cpu" and ".to(" not in (out / "README.md").read_text()
+    config.update(device="NVIDIA H100 80GB HBM3", device_type="cuda", weight_dtype="float16", sample_batch_size=1)
+    write_model_card(tmp_path, config)
+    card = (tmp_path / "README.md").read_text()
+    assert '.to("cuda")' in card and "dtype=torch.float16" in card and '.to("NVIDIA' not in card
+    assert "to within rounding: the run fused the fp32 LoRA into float16 weights" in card  # not "bit for bit"
+
+
 def test_same_seed_gives_the_same_artifact(launched, tiny_sd, input_png, tmp_path):
     """The in-process run with the same flags gives bitwise the same tensors and images."""
     out, _ = launched
