@@ -149,7 +149,7 @@ class ImagicConfig:
     # Batched is about twice as fast on a CPU; SDXL at 1024 px decodes in fp32 by default, so one at a time.
     sample_batch_size: int | None = _field(
         None, "Step C: images per pipeline call; default 8 up to 256 px, else 4 (SDXL: 1). 1 uses the least "
-              "memory and makes each image bit-identical to a one-image stock pipeline call (LoRA fused).")
+              "memory and makes each image bit-identical to a one-image stock pipeline call (LoRA fused; fp32).")
     guidance_scale: float = _field(3.0, "Classifier-free guidance scale for the edited images.")
     num_inference_steps: int = _field(25, "Denoising steps per edited image.")
     scheduler: str = _field(

@@ -5,9 +5,9 @@ Generation goes through the pipeline's own ``__call__`` with ``prompt_embeds`` (
 pipeline's own encoding of "". The CLI draws with the LoRA fused into the UNet
 (:func:`imagic_lora.lora.fused_lora`). A user's stock pipeline with the same LoRA, loaded and fused
 (``pipe.fuse_lora()``), embeddings, scheduler, steps, guidance and seed therefore computes the same
-images: bit for bit when both draw one image per call, and to within rounding (a few pixels off by
-1 of 255) when the sweep drew several per call, since a batched convolution sums in another order,
-or when the LoRA is not fused.
+images: bit for bit in fp32 when both draw one image per call, and to within rounding (a few pixels
+off by 1 of 255) when the sweep drew several per call, since a batched convolution sums in another
+order, when the LoRA is not fused, or in fp16/bf16 (see :func:`imagic_lora.lora.fused_lora`).
 """
 
 from __future__ import annotations
