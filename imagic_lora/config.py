@@ -142,10 +142,13 @@ class ImagicConfig:
         True, "Pick one image (eta > 0) as the edit, images/edit.png, by the model's own scores: of those the "
               "target text explains clearly better than it explains the input (base model, e_tgt against "
               "e_opt), the one whose edges lie nearest the input's.")
+    pick_place_distance: float = _field(
+        0.25, "The pick, step 1: candidates whose edge structure lies within this distance of the input's "
+              "(1 - correlation of blurred edge maps, in [0, 2]) kept its layout; when one of them beats the "
+              "input's text score, the pick is made among them alone (0 turns this step off).")
     pick_keep_fraction: float = _field(
-        0.6, "The pick: a candidate counts as edited when its text score lies at least this fraction of the way "
-             "from the input's score to the best, in (0, 1]. 0.6 was tuned for the default pool (8 seeds x 2 "
-             "etas); with few seeds over many etas 0.7 picked better (shapes benchmark).")
+        0.6, "The pick, step 2 (no candidate in place): a candidate counts as edited when its text score lies at "
+             "least this fraction of the way from the input's score to the best, in (0, 1].")
     # Batched is about twice as fast on a CPU; SDXL at 1024 px decodes in fp32 by default, so one at a time.
     sample_batch_size: int | None = _field(
         None, "Step C: images per pipeline call; default 8 up to 256 px, else 4 (SDXL: 1). 1 uses the least "
@@ -211,6 +214,8 @@ class ImagicConfig:
         if not (math.isfinite(self.timestep_bias_multiplier) and self.timestep_bias_multiplier > 0):
             raise ImagicInputError("--timestep_bias_multiplier", f"must be a positive number, got "
                                                                  f"{self.timestep_bias_multiplier}")
+        if not (math.isfinite(self.pick_place_distance) and 0 <= self.pick_place_distance <= 2):
+            raise ImagicInputError("--pick_place_distance", f"must be in [0, 2] (0: off), got {self.pick_place_distance}")
         if not 0 < self.pick_keep_fraction <= 1:
             raise ImagicInputError("--pick_keep_fraction", f"must be in (0, 1], got {self.pick_keep_fraction}")
         if not 0 < self.timestep_bias_portion <= 1:

@@ -125,7 +125,8 @@ def run_imagic(cli, case: Case, input_path: Path, flags: list[str], etas: list[f
         # The pick's numbers for every candidate too, so that a pick among a subset can be redone offline.
         records.append({"setting": AUTO, "seed": picked["seed"], "picked_eta": picked["eta"],
                         **score(image, case, input_centre),
-                        "pick": {k: picked[k] for k in ("input_text_score", "candidates") if k in picked}})
+                        "pick": {k: picked[k] for k in ("input_text_score", "chosen_in_place", "candidates")
+                                 if k in picked}})
     timing = {k: config["wall_time_s"].get(k, 0.0) for k in ("A", "B", "C")}
     shutil.rmtree(out, ignore_errors=True)
     return records, timing

@@ -54,10 +54,11 @@ from imagic_lora.vocabulary import unknown_words  # noqa: E402
 logger = logging.getLogger("imagic_lora")
 
 #: Settings that do not change what an edit computes (sample_batch_size: only the rounding of step
-#: C's images; pick_keep_fraction: the pick is redone from every image on each run): a checkpoint made
+#: C's images; pick_*: the pick is redone from every image on each run): a checkpoint made
 #: under other values resumes.
 RESUMABLE_DIFFERENCES = {"overwrite", "resume", "checkpointing_steps", "checkpoints_total_limit", "report_to",
-                         "manifest", "tedbench", "sample_batch_size", "pick_keep_fraction"}
+                         "manifest", "tedbench", "sample_batch_size", "pick_keep_fraction",
+                         "pick_place_distance"}
 
 
 # ---- 1. parse and check ----------------------------------------------------------------------
@@ -236,6 +237,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                                               [Image.open(images[pair]).convert("RGB") for pair in candidates],
                                               e_tgt, e_opt, seed=cfg.seed + 2, weight_dtype=weight_dtype,
                                               add_time_ids=add_time_ids, keep_fraction=cfg.pick_keep_fraction,
+                                              place_distance=cfg.pick_place_distance,
                                               batch_size=score_batch)  # A: seed, B: seed+1
                 shutil.copyfile(images[candidates[pick.index]], out / "images" / EDIT_IMAGE_NAME)
                 picked = pick_record(pick, candidates, f"images/{EDIT_IMAGE_NAME}", scored_with)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import ROOT
 from imagic_lora.artifact import load_edit, read_safetensors_metadata
-from imagic_lora.pick import KEEP_FRACTION
+from imagic_lora.pick import KEEP_FRACTION, PLACE_DISTANCE, PLACE_KEEP_FRACTION
 
 FAST_DEFAULT_BATCH = ["--emb_train_steps", "8", "--max_train_steps", "8", "--train_batch_size", "2",
                       "--etas", "0", "0.7", "1.3", "--num_seeds", "2", "--num_inference_steps", "4",
@@ -90,8 +90,8 @@ def test_launch_writes_the_whole_artifact(launched):
     assert picked["image"] == "images/edit.png" and picked["scored_with"] == "base"
     assert [(c["eta"], c["seed"]) for c in picked["candidates"]] == [(eta, seed) for eta in (0.7, 1.3) for seed in (11, 12)]
     assert (picked["eta"], picked["seed"]) in [(c["eta"], c["seed"]) for c in picked["candidates"]]
-    assert config["pick_keep_fraction"] == KEEP_FRACTION
-    assert [c["kept"] for c in picked["candidates"]] == expected_kept(picked, KEEP_FRACTION)
+    assert config["pick_keep_fraction"] == KEEP_FRACTION and config["pick_place_distance"] == PLACE_DISTANCE
+    assert [c["kept"] for c in picked["candidates"]] == expected_kept(picked, KEEP_FRACTION, PLACE_DISTANCE)
     assert (out / "images" / "edit.png").read_bytes() == \
         (out / "images" / f"eta_{picked['eta']:.2f}_seed_{picked['seed']}.png").read_bytes()
     assert f"picked eta {picked['eta']}, seed {picked['seed']} as the edit" in card
@@ -193,22 +193,36 @@ def test_same_seed_gives_the_same_artifact(launched, tiny_sd, input_png, tmp_pat
         assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "again" / "images" / png.name)))
 
 
-def expected_kept(picked: dict, fraction: float) -> list[bool]:
+def expected_kept(picked: dict, fraction: float, place_distance: float) -> list[bool]:
+    """The rule (imagic_lora.pick.choose) redone from the record's rounded numbers."""
     scores, reference = [c["text_score"] for c in picked["candidates"]], picked["input_text_score"]
+    in_place = [place_distance > 0 and c["structure_distance"] <= place_distance for c in picked["candidates"]]
+    if any(in_place) and max(s for s, p in zip(scores, in_place) if p) > reference:
+        assert picked["chosen_in_place"] and [c["in_place"] for c in picked["candidates"]] == in_place
+        best = max(s for s, p in zip(scores, in_place) if p)
+        return [p and s >= reference + PLACE_KEEP_FRACTION * (best - reference) for s, p in zip(scores, in_place)]
+    assert not picked["chosen_in_place"] and {c["in_place"] for c in picked["candidates"]} == {None}
     best = max(scores)
     return [best > reference and s >= reference + fraction * (best - reference) for s in scores]
 
 
-def test_pick_keep_fraction_reaches_the_pick(tiny_sd, input_png, tmp_path):
-    assert run_inprocess(tiny_sd, input_png, tmp_path / "e", "--pick_keep_fraction", "1.0") == 0
+def test_pick_flags_reach_the_pick(tiny_sd, input_png, tmp_path):
+    # Step 2 alone (--pick_place_distance 0) at the fraction 1.0.
+    assert run_inprocess(tiny_sd, input_png, tmp_path / "e", "--pick_keep_fraction", "1.0",
+                         "--pick_place_distance", "0") == 0
     config = json.loads((tmp_path / "e" / "imagic_config.json").read_text())
     picked = config["picked"]
-    assert config["pick_keep_fraction"] == 1.0
+    assert config["pick_keep_fraction"] == 1.0 and config["pick_place_distance"] == 0.0
     # Rounded to 6 decimals in the record: compare the flags it stores with the rule at 1.0.
-    assert [c["kept"] for c in picked["candidates"]] == expected_kept(picked, 1.0)
+    assert [c["kept"] for c in picked["candidates"]] == expected_kept(picked, 1.0, 0.0)
     # 1.0 keeps only the best score (ties aside), so the pick is a best-scoring image.
     scores = {(c["eta"], c["seed"]): c["text_score"] for c in picked["candidates"]}
     assert scores[(picked["eta"], picked["seed"])] == max(scores.values())
+    # Every candidate in place (2 is the largest distance): step 1 decides whenever one beats the input.
+    assert run_inprocess(tiny_sd, input_png, tmp_path / "f", "--pick_place_distance", "2") == 0
+    picked = json.loads((tmp_path / "f" / "imagic_config.json").read_text())["picked"]
+    assert picked["chosen_in_place"] == (max(scores.values()) > picked["input_text_score"])
+    assert [c["kept"] for c in picked["candidates"]] == expected_kept(picked, KEEP_FRACTION, 2.0)
 
 
 def test_no_pick_edit_writes_no_pick(tiny_sd, input_png, tmp_path):

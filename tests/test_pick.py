@@ -16,29 +16,31 @@ from imagic_lora.diffusion import encode_image_latents
 from imagic_lora.images import pil_to_tensor
 from imagic_lora.lora import add_lora
 from imagic_lora.models import load_pipeline, training_noise_scheduler
-from imagic_lora.pick import choose, pick_edit, score_timesteps, structure_distances, text_scores
+from imagic_lora.pick import choose, pick_edit, pick_record, score_timesteps, structure_distances, text_scores
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
+# The first three tests are step 2 of the rule alone (place_distance=0); step 1 has its own below.
 def test_choose_takes_the_nearest_of_the_edited():
     # scores: 0.1 is the best; 0.06 and 0.05 are >= half of it; 0.04 and -1 are not.
-    pick = choose([0.04, 0.1, 0.06, -1.0, 0.05], [0.0, 0.9, 0.5, 0.1, 0.7], keep_fraction=0.5)
-    assert pick.kept == [False, True, True, False, True]
+    pick = choose([0.04, 0.1, 0.06, -1.0, 0.05], [0.0, 0.9, 0.5, 0.1, 0.7], keep_fraction=0.5, place_distance=0)
+    assert pick.kept == [False, True, True, False, True] and pick.in_place is None
     assert pick.index == 2  # nearest among the kept, not the nearest overall (index 0)
-    assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=0.3).index == 0
-    assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=1.0).index == 1
+    assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=0.3, place_distance=0).index == 0
+    assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=1.0, place_distance=0).index == 1
 
 
 def test_choose_measures_edited_from_the_inputs_own_score():
     # The input scores -0.6; the best candidate -0.1: edited means at least -0.35 (half-way).
     scores, distances = [-0.5, -0.25, -0.1, -0.45], [0.1, 0.6, 0.9, 0.05]
-    pick = choose(scores, distances, keep_fraction=0.5, reference=-0.6)
+    pick = choose(scores, distances, keep_fraction=0.5, reference=-0.6, place_distance=0)
     assert pick.kept == [False, True, True, False] and pick.index == 1 and pick.reference == -0.6
     # Against 0 (no reference) no candidate looks edited, so the best score alone would win.
-    assert choose(scores, distances, keep_fraction=0.5).index == 2
+    assert choose(scores, distances, keep_fraction=0.5, place_distance=0).index == 2
     # The default fraction (0.6) asks for more: at least -0.6 + 0.6 * 0.5 = -0.3, so -0.28 counts, -0.32 not.
-    assert choose([-0.5, -0.32, -0.1, -0.28], distances, reference=-0.6).kept == [False, False, True, True]
+    assert choose([-0.5, -0.32, -0.1, -0.28], distances, reference=-0.6, place_distance=0).kept == \
+        [False, False, True, True]
     # A candidate that does not beat the input's own score is never counted as edited.
     assert choose([-0.7, -0.65], [0.0, 0.1], reference=-0.6).kept == [False, False]
     assert choose([-0.7, -0.65], [0.0, 0.1], reference=-0.6).index == 1
@@ -46,11 +48,38 @@ def test_choose_measures_edited_from_the_inputs_own_score():
 
 def test_choose_without_an_edited_candidate_takes_the_best_score():
     pick = choose([-0.3, -0.1, -0.2], [0.0, 0.9, 0.5])
-    assert pick.index == 1 and pick.kept == [False, False, False]
+    assert pick.index == 1 and pick.kept == [False, False, False] and pick.in_place is None
     with pytest.raises(ValueError):
         choose([0.1], [0.1, 0.2])
     with pytest.raises(ValueError):
         choose([], [])
+
+
+def test_choose_decides_among_the_candidates_in_place_first():
+    # A moved edit (d 0.6) scores far above the rest, as a moved object does under e_opt; the in-place ones:
+    # a grown object (d 0.2), an unedited twin of the input (d 0.03) and another edit (d 0.1).
+    scores, distances, reference = [0.9, 0.3, 0.05, 0.28], [0.6, 0.2, 0.03, 0.1], -0.1
+    # Step 2 alone: the moved one sets the bar (-0.1 + 0.6 * 1.0 = 0.5) and is all that passes it.
+    assert choose(scores, distances, reference=reference, place_distance=0).index == 0
+    # Step 1: the bar comes from the in-place candidates' best, 0.3: -0.1 + 0.9 * 0.4 = 0.26; the nearer of
+    # the two above it is the pick, not the moved one and not the unedited twin.
+    pick = choose(scores, distances, reference=reference)
+    assert pick.in_place == [False, True, True, True]
+    assert pick.kept == [False, True, False, True] and pick.index == 3
+    # The in-place fraction matters: at 0 the nearest in-place candidate above the input's score wins.
+    assert choose(scores, distances, reference=reference, place_keep_fraction=0.0).index == 2
+    # The distance is a flag's: at 0.15 only d 0.03 and 0.1 are in place, and 0.28 is their best.
+    assert choose(scores, distances, reference=reference, place_distance=0.15).index == 3
+    assert choose(scores, distances, reference=reference, place_distance=0.15).kept == [False, False, False, True]
+    # When no in-place candidate beats the input's own score, step 2 decides among all.
+    fallback = choose([0.9, -0.2, -0.3], [0.6, 0.1, 0.2], reference=reference)
+    assert fallback.index == 0 and fallback.in_place is None and fallback.kept == [True, False, False]
+    # The record says which step decided, and which candidates were in place.
+    record = pick_record(pick, [(0.8, 1), (0.8, 2), (1.0, 1), (1.0, 2)], "images/edit.png", "base")
+    assert record["chosen_in_place"] is True and (record["eta"], record["seed"]) == (1.0, 2)
+    assert [c["in_place"] for c in record["candidates"]] == [False, True, True, True]
+    record = pick_record(fallback, [(0.8, 1), (0.8, 2), (1.0, 1)], "images/edit.png", "base")
+    assert record["chosen_in_place"] is False and {c["in_place"] for c in record["candidates"]} == {None}
 
 
 def test_structure_distance_sees_where_the_edges_are_not_their_colours():
