@@ -127,10 +127,9 @@ class ImagicConfig:
     # --- C: generation -----------------------------------------------------------------
     # The default draws 8 seeds at two etas (and eta 0, the input back, per seed) rather than a few seeds
     # at many etas: the automatic pick does better choosing among more seeds. On 48 tuning cases it picked
-    # an edit in place in 71-75% of cases among 4 seeds x eta 0.8, 1.0, 78-83% among 8, 80% among 12 (5 etas
-    # of 2 seeds: 64%); on the benchmark 73% among 4 seeds, 80% among 8 (docs/shapes_benchmark.md). 12
-    # seeds would add about 3 s on 2 CPU cores. Pass --etas 0.6 0.7 0.8 0.9 for a finer sweep (and, with
-    # few seeds, --pick_keep_fraction 0.7).
+    # an edit in place in 76% of cases among 4 seeds x eta 0.8, 1.0, 83% among 8, 85% among 12; on the
+    # benchmark 88% among 8 (docs/shapes_benchmark.md). 12 seeds would add about 3 s on 2 CPU cores for
+    # about 1 point. Pass --etas 0.6 0.7 0.8 0.9 for a finer sweep.
     etas: list[float] = _field(
         [0.0, 0.8, 1.0],
         "Interpolation weights eta of the target embedding (0 = the input back; >1 extrapolates).",
@@ -139,16 +138,17 @@ class ImagicConfig:
         0.8, "The eta the artifact recommends to users of the edit (recorded in its config).")
     num_seeds: int = _field(8, "Images per eta: seeds seed, seed+1, ...")
     pick_edit: bool = _field(
-        True, "Pick one image (eta > 0) as the edit, images/edit.png, by the model's own scores: of those the "
-              "target text explains clearly better than it explains the input (base model, e_tgt against "
-              "e_opt), the one whose edges lie nearest the input's.")
+        True, "Pick one image (eta > 0) as the edit, images/edit.png, by the model's own scores (base model, "
+              "e_tgt against e_opt) and edge structure: if an image that kept the input's layout scores above "
+              "the input, the pick is among those (--pick_place_distance); otherwise among all, of the ones the "
+              "target text explains clearly better than the input, the one whose edges lie nearest the input's.")
     pick_place_distance: float = _field(
         0.25, "The pick, step 1: candidates whose edge structure lies within this distance of the input's "
               "(1 - correlation of blurred edge maps, in [0, 2]) kept its layout; when one of them beats the "
               "input's text score, the pick is made among them alone (0 turns this step off).")
     pick_keep_fraction: float = _field(
-        0.6, "The pick, step 2 (no candidate in place): a candidate counts as edited when its text score lies at "
-             "least this fraction of the way from the input's score to the best, in (0, 1].")
+        0.6, "The pick, step 2 (when step 1 does not decide): a candidate counts as edited when its text score "
+             "lies at least this fraction of the way from the input's score to the best, in (0, 1].")
     # Batched is about twice as fast on a CPU; SDXL at 1024 px decodes in fp32 by default, so one at a time.
     sample_batch_size: int | None = _field(
         None, "Step C: images per pipeline call; default 8 up to 256 px, else 4 (SDXL: 1). 1 uses the least "

@@ -54,8 +54,8 @@ from imagic_lora.vocabulary import unknown_words  # noqa: E402
 logger = logging.getLogger("imagic_lora")
 
 #: Settings that do not change what an edit computes (sample_batch_size: only the rounding of step
-#: C's images; pick_*: the pick is redone from every image on each run): a checkpoint made
-#: under other values resumes.
+#: C's images; pick_keep_fraction, pick_place_distance: the pick is redone from every image on each run):
+#: a checkpoint made under other values resumes.
 RESUMABLE_DIFFERENCES = {"overwrite", "resume", "checkpointing_steps", "checkpoints_total_limit", "report_to",
                          "manifest", "tedbench", "sample_batch_size", "pick_keep_fraction",
                          "pick_place_distance"}

@@ -4,6 +4,7 @@ its verdicts on the bundled model's renders, and the LoRA switched off only whil
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import pytest
@@ -21,7 +22,8 @@ from imagic_lora.pick import choose, pick_edit, pick_record, score_timesteps, st
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-# The first three tests are step 2 of the rule alone (place_distance=0); step 1 has its own below.
+# The first three tests are step 2 of the rule (place_distance=0, or no in-place candidate beats the input);
+# step 1 has its own tests below.
 def test_choose_takes_the_nearest_of_the_edited():
     # scores: 0.1 is the best; 0.06 and 0.05 are >= half of it; 0.04 and -1 are not.
     pick = choose([0.04, 0.1, 0.06, -1.0, 0.05], [0.0, 0.9, 0.5, 0.1, 0.7], keep_fraction=0.5, place_distance=0)
@@ -48,7 +50,8 @@ def test_choose_measures_edited_from_the_inputs_own_score():
 
 def test_choose_without_an_edited_candidate_takes_the_best_score():
     pick = choose([-0.3, -0.1, -0.2], [0.0, 0.9, 0.5])
-    assert pick.index == 1 and pick.kept == [False, False, False] and pick.in_place is None
+    assert pick.index == 1 and pick.kept == [False, False, False]
+    assert pick.in_place == [True, False, False] and not pick.chosen_in_place  # in place, but not edited
     with pytest.raises(ValueError):
         choose([0.1], [0.1, 0.2])
     with pytest.raises(ValueError):
@@ -64,7 +67,7 @@ def test_choose_decides_among_the_candidates_in_place_first():
     # Step 1: the bar comes from the in-place candidates' best, 0.3: -0.1 + 0.9 * 0.4 = 0.26; the nearer of
     # the two above it is the pick, not the moved one and not the unedited twin.
     pick = choose(scores, distances, reference=reference)
-    assert pick.in_place == [False, True, True, True]
+    assert pick.in_place == [False, True, True, True] and pick.chosen_in_place
     assert pick.kept == [False, True, False, True] and pick.index == 3
     # The in-place fraction matters: at 0 the nearest in-place candidate above the input's score wins.
     assert choose(scores, distances, reference=reference, place_keep_fraction=0.0).index == 2
@@ -73,13 +76,37 @@ def test_choose_decides_among_the_candidates_in_place_first():
     assert choose(scores, distances, reference=reference, place_distance=0.15).kept == [False, False, False, True]
     # When no in-place candidate beats the input's own score, step 2 decides among all.
     fallback = choose([0.9, -0.2, -0.3], [0.6, 0.1, 0.2], reference=reference)
-    assert fallback.index == 0 and fallback.in_place is None and fallback.kept == [True, False, False]
+    assert fallback.index == 0 and fallback.kept == [True, False, False]
+    assert fallback.in_place == [False, True, True] and not fallback.chosen_in_place
     # The record says which step decided, and which candidates were in place.
     record = pick_record(pick, [(0.8, 1), (0.8, 2), (1.0, 1), (1.0, 2)], "images/edit.png", "base")
     assert record["chosen_in_place"] is True and (record["eta"], record["seed"]) == (1.0, 2)
     assert [c["in_place"] for c in record["candidates"]] == [False, True, True, True]
     record = pick_record(fallback, [(0.8, 1), (0.8, 2), (1.0, 1)], "images/edit.png", "base")
+    assert record["chosen_in_place"] is False and [c["in_place"] for c in record["candidates"]] == [False, True, True]
+    off = choose(scores, distances, reference=reference, place_distance=0)
+    record = pick_record(off, [(0.8, 1), (0.8, 2), (1.0, 1), (1.0, 2)], "images/edit.png", "base")
     assert record["chosen_in_place"] is False and {c["in_place"] for c in record["candidates"]} == {None}
+
+
+def test_choose_at_its_edges():
+    # A distance equal to place_distance is in place; an in-place best equal to the input's score is not an edit.
+    assert choose([0.5, 0.2], [0.6, 0.25], reference=0.0).index == 1
+    tie = choose([0.5, 0.0], [0.6, 0.25], reference=0.0)
+    assert tie.index == 0 and not tie.chosen_in_place
+    # place_distance 2 (the largest distance) puts every candidate in place: step 1 with the fraction 0.9.
+    wide = choose([0.5, 0.44, 0.2], [0.6, 0.3, 0.1], reference=-0.1, place_distance=2.0)
+    assert wide.chosen_in_place and wide.kept == [True, False, False] and wide.index == 0
+    # A fraction of 1.0 keeps the best even where rounding puts reference + 1.0 * (best - reference) above it.
+    assert choose([0.1 + 0.2], [0.1], reference=-0.1, keep_fraction=1.0, place_distance=0).index == 0
+    assert choose([0.1 + 0.2], [0.1], reference=-0.1, place_keep_fraction=1.0).index == 0
+    # A non-finite score (an fp16 overflow) counts as the lowest wherever it stands, and is recorded as null.
+    nan = float("nan")
+    assert choose([nan, 0.3], [0.1, 0.1], reference=-0.1).index == 1
+    assert choose([0.3, nan], [0.1, 0.1], reference=-0.1).index == 0
+    assert choose([nan, 0.3], [0.1, 0.5], reference=-0.1, place_distance=0).index == 1
+    record = pick_record(choose([nan, 0.3], [0.1, 0.1], reference=-0.1), [(1.0, 0), (1.0, 1)], "e.png", "base")
+    assert record["candidates"][0]["text_score"] is None and json.loads(json.dumps(record, allow_nan=False))
 
 
 def test_structure_distance_sees_where_the_edges_are_not_their_colours():
