@@ -53,8 +53,9 @@ AUTO = "auto"  # the setting name of the CLI's automatically picked edit (imagic
 IMAGIC_METHODS = {
     "imagic_lora": [],
     "imagic_full": ["--full_finetune", "--learning_rate", "3e-5", "--no-use_8bit_adam", "--emb_train_steps", "300",
-                    "--max_train_steps", "200", "--sample_batch_size", "1"],
-    "imagic_no_b": ["--max_train_steps", "0", "--emb_train_steps", "300", "--sample_batch_size", "1"],
+                    "--emb_learning_rate", "1e-2", "--max_train_steps", "200", "--sample_batch_size", "1"],
+    "imagic_no_b": ["--max_train_steps", "0", "--emb_train_steps", "300", "--emb_learning_rate", "1e-2",
+                    "--sample_batch_size", "1"],
 }
 
 
