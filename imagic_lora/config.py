@@ -80,14 +80,12 @@ class ImagicConfig:
                                    choices=(None, "tensorboard"))
     seed: int = _field(0, "Seed of every random draw (timesteps, noise, LoRA init, sampling).")
     # --- A: embedding optimisation -------------------------------------------------------
-    # Adam moves each element by at most about lr per step: 200 x 1.5e-2 gives e_opt the same reach as
-    # the paper's 1000 x 2e-3 in a fifth of the steps. Fewer (100 x 2e-3) leaves e_opt next to e_tgt,
+    # Adam moves each element by at most about lr per step: 300 x 1e-2 gives e_opt the same reach as
+    # the paper's 1000 x 2e-3 in a third of the steps. Fewer (100 x 2e-3) leaves e_opt next to e_tgt,
     # step B then binds the image to the target text too, and no eta edits (docs/shapes_benchmark.md).
-    # 200 x 1.5e-2 replaced 300 x 1e-2 to save a third of step A (5 s on 2 CPU cores): its e_opt lies
-    # 8% (of |e_opt - e_tgt|) from the old one's, nearer than the old one's own e_opt from another seed (11%).
     emb_train_steps: int = _field(
-        200, "Step A: Adam steps on the text embedding (paper: 1000 at 2e-3 on SD).")
-    emb_learning_rate: float = _field(1.5e-2, "Step A: learning rate of the embedding (paper: 2e-3).")
+        300, "Step A: Adam steps on the text embedding (paper: 1000 at 2e-3 on SD).")
+    emb_learning_rate: float = _field(1e-2, "Step A: learning rate of the embedding (paper: 2e-3).")
     freeze_pooled_embeds: bool = _field(
         False, "Step A, SDXL: keep the pooled text embedding at the target's (optimise the sequence only).")
     # --- B: fine-tuning ----------------------------------------------------------------
