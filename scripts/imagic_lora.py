@@ -16,6 +16,7 @@ each process runs whole, independent edits on its own copy of the model (no DDP)
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import shutil
 import logging
@@ -503,4 +504,9 @@ def print_summary(cfg: ImagicConfig, rows: list[dict], many: bool) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # At exit the interpreter's last garbage collections walk every object torch, diffusers and
+    # transformers created: about 1 s of a default edit on 2 CPU cores. Frozen, they are skipped (the
+    # memory goes back with the process). No finaliser is needed: what main() wrote is closed.
+    gc.freeze()
+    sys.exit(status)
