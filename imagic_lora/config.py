@@ -86,6 +86,8 @@ class ImagicConfig:
     emb_train_steps: int = _field(
         300, "Step A: Adam steps on the text embedding (paper: 1000 at 2e-3 on SD).")
     emb_learning_rate: float = _field(1e-2, "Step A: learning rate of the embedding (paper: 2e-3).")
+    emb_train_batch_size: int | None = _field(
+        None, "Step A: noise draws (timesteps) per step; default: --train_batch_size.")
     freeze_pooled_embeds: bool = _field(
         False, "Step A, SDXL: keep the pooled text embedding at the target's (optimise the sequence only).")
     # --- B: fine-tuning ----------------------------------------------------------------
@@ -93,7 +95,8 @@ class ImagicConfig:
         200, "Step B: fine-tuning steps (paper: 1500 of the full UNet; LoRA needs far fewer).")
     learning_rate: float = _field(1e-3, "Step B: learning rate of the LoRA (or UNet) weights.")
     train_batch_size: int = _field(
-        4, "Noise draws (timesteps) of the one input image per optimisation step, in A and B.")
+        4, "Noise draws (timesteps) of the one input image per optimisation step, in B (and in A unless "
+           "--emb_train_batch_size is given).")
     gradient_accumulation_steps: int = _field(
         1, "Accumulate gradients over this many batches per step (saves memory).")
     timestep_bias_strategy: str = _field(
@@ -171,6 +174,10 @@ class ImagicConfig:
         return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
 
     @property
+    def effective_emb_train_batch_size(self) -> int:
+        return self.train_batch_size if self.emb_train_batch_size is None else self.emb_train_batch_size
+
+    @property
     def effective_lora_alpha(self) -> float:
         return float(self.rank if self.lora_alpha is None else self.lora_alpha)
 
@@ -196,7 +203,7 @@ class ImagicConfig:
                 raise ImagicInputError("--etas", f"{eta} is not a finite number")
         if not math.isfinite(self.recommended_eta):
             raise ImagicInputError("--recommended_eta", "is not a finite number")
-        positive_ints = ("emb_train_steps", "max_train_steps", "train_batch_size", "rank", "num_seeds",
+        positive_ints = ("emb_train_steps", "max_train_steps", "train_batch_size", "emb_train_batch_size", "rank", "num_seeds",
                          "sample_batch_size", "num_inference_steps", "gradient_accumulation_steps",
                          "checkpointing_steps", "checkpoints_total_limit")
         for name in positive_ints:

@@ -156,7 +156,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             else:
                 e_opt, losses_a = optimize_embedding(
                     unet, noise_scheduler, latents, e_tgt, accelerator=accelerator, steps=cfg.emb_train_steps,
-                    learning_rate=cfg.emb_learning_rate, batch_size=cfg.train_batch_size,
+                    learning_rate=cfg.emb_learning_rate, batch_size=cfg.effective_emb_train_batch_size,
                     generator=torch.Generator().manual_seed(cfg.seed), weight_dtype=weight_dtype,
                     add_time_ids=add_time_ids, optimize_pooled=not cfg.freeze_pooled_embeds,
                     on_step=lambda step, losses: stop.check(), log=log)
