@@ -336,3 +336,27 @@ def test_step_b_trains_on_the_biased_timesteps_only(tiny_sd, input_png, tmp_path
     assert len(step_a) == 80 and len(step_b) == 80
     assert all(t >= 990 for t in step_b)
     assert min(step_a) < 990  # step A keeps the uniform draw
+
+
+def test_step_a_and_step_b_draw_their_own_batch_sizes(tiny_sd, input_png, tmp_path, monkeypatch):
+    """--emb_train_batch_size sets step A's noise draws per step, --train_batch_size step B's; without
+    the former, step A follows --train_batch_size."""
+    import imagic_lora.diffusion as diffusion
+    from test_cli import run_inprocess
+
+    original = diffusion.draw_noise
+
+    def run(out, *flags):
+        sizes = []
+
+        def recording(latents, batch_size, *args, **kwargs):
+            sizes.append(batch_size)
+            return original(latents, batch_size, *args, **kwargs)
+        monkeypatch.setattr(diffusion, "draw_noise", recording)
+        assert run_inprocess(tiny_sd, input_png, tmp_path / out, "--emb_train_steps", "5", "--max_train_steps", "4",
+                             "--train_batch_size", "2", "--num_seeds", "1", "--etas", "0.5", "--no-pick_edit",
+                             *flags) == 0
+        return sizes
+
+    assert run("apart", "--emb_train_batch_size", "3") == [3] * 5 + [2] * 4
+    assert run("same") == [2] * 9
