@@ -112,17 +112,21 @@ SMALL_UNET_CHANNELS, SMALL_UNET_LATENT = 32, 16
 
 
 def training_convolutions(unet, latents: torch.Tensor) -> contextlib.AbstractContextManager:
-    """The convolution kernels for steps A and B: PyTorch's own on the CPU for a very small UNet
-    (first block at most 32 channels, latent at most 16x16, as the bundled model), else the default.
+    """The convolution kernels for steps A and B: PyTorch's own on a multi-threaded CPU for a very
+    small UNet (first block at most 32 channels, latent at most 16x16, as the bundled model), else
+    the default.
 
     On such a UNet oneDNN's fixed cost per call outweighs its speed, above all for a LoRA's 1x1 and
     rank-wide convolutions, which PyTorch sends to oneDNN whenever it has more than one thread. On
     2 CPU cores, the bundled model's training steps at batch 4: step B 132 -> 110 ms, step A 50 ->
-    46 ms. Not for step C's sampling (batched, with the VAE at full resolution: 2.6x slower without
+    46 ms. Not with one thread (PyTorch then keeps 1x1 convolutions off oneDNN itself, and its 3x3
+    ones are faster: the shapes benchmark's single-threaded edits took 60 s instead of 56 s without
+    it), not for step C's sampling (batched, with the VAE at full resolution: 2.6x slower without
     oneDNN), and not for larger UNets, where oneDNN is faster already at 64 channels or a 32x32
     latent (A 7-16% slower without it). Both compute the same convolution, to rounding.
     """
-    small = (latents.device.type == "cpu" and unet.config.block_out_channels[0] <= SMALL_UNET_CHANNELS
+    small = (latents.device.type == "cpu" and torch.get_num_threads() > 1
+             and unet.config.block_out_channels[0] <= SMALL_UNET_CHANNELS
              and max(latents.shape[-2:]) <= SMALL_UNET_LATENT)
     return _onednn_off() if small else contextlib.nullcontext()
 

@@ -364,8 +364,8 @@ def test_step_a_and_step_b_draw_their_own_batch_sizes(tiny_sd, input_png, tmp_pa
 
 def test_small_unets_train_with_pytorch_convolutions_and_the_flag_comes_back(tiny_sd, input_png, tmp_path,
                                                                             monkeypatch):
-    """Steps A and B of a very small UNet on the CPU run without oneDNN (faster there); larger UNets,
-    larger latents and everything after keep PyTorch's default."""
+    """Steps A and B of a very small UNet on a multi-threaded CPU run without oneDNN (faster there);
+    one thread, larger UNets, larger latents and everything after keep PyTorch's default."""
     from types import SimpleNamespace
 
     import imagic_lora.diffusion as diffusion
@@ -375,10 +375,16 @@ def test_small_unets_train_with_pytorch_convolutions_and_the_flag_comes_back(tin
         return SimpleNamespace(config=SimpleNamespace(block_out_channels=(channels, 2 * channels)))
 
     assert torch.backends.mkldnn.enabled
-    for channels, side, expected in [(32, 16, False), (16, 8, False), (64, 16, True), (32, 32, True)]:
-        with diffusion.training_convolutions(unet(channels), torch.zeros(1, 4, side, side)):
-            assert torch.backends.mkldnn.enabled is expected, (channels, side)
-        assert torch.backends.mkldnn.enabled
+    threads = torch.get_num_threads()
+    try:
+        for n, channels, side, expected in [(2, 32, 16, False), (2, 16, 8, False), (2, 64, 16, True),
+                                            (2, 32, 32, True), (1, 32, 16, True)]:
+            torch.set_num_threads(n)
+            with diffusion.training_convolutions(unet(channels), torch.zeros(1, 4, side, side)):
+                assert torch.backends.mkldnn.enabled is expected, (n, channels, side)
+            assert torch.backends.mkldnn.enabled
+    finally:
+        torch.set_num_threads(threads)
     with pytest.raises(RuntimeError):
         with diffusion.training_convolutions(unet(32), torch.zeros(1, 4, 16, 16)):
             raise RuntimeError("boom")
@@ -391,7 +397,11 @@ def test_small_unets_train_with_pytorch_convolutions_and_the_flag_comes_back(tin
         seen.append(torch.backends.mkldnn.enabled)
         return original(*args, **kwargs)
     monkeypatch.setattr(diffusion, "denoising_loss", recording)
-    assert run_inprocess(tiny_sd, input_png, tmp_path / "out", "--emb_train_steps", "3", "--max_train_steps", "3",
-                         "--num_seeds", "1", "--etas", "0.5") == 0
+    torch.set_num_threads(2)
+    try:
+        assert run_inprocess(tiny_sd, input_png, tmp_path / "out", "--emb_train_steps", "3", "--max_train_steps",
+                             "3", "--num_seeds", "1", "--etas", "0.5") == 0
+    finally:
+        torch.set_num_threads(threads)
     assert seen == [False] * 6  # the tiny test UNet: 16 channels, 8x8 latents
     assert torch.backends.mkldnn.enabled
