@@ -120,8 +120,8 @@ def training_convolutions(unet, latents: torch.Tensor) -> contextlib.AbstractCon
     rank-wide convolutions, which PyTorch sends to oneDNN whenever it has more than one thread. On
     2 CPU cores, the bundled model's training steps at batch 4: step B 132 -> 110 ms, step A 50 ->
     46 ms. Not with one thread (PyTorch then keeps 1x1 convolutions off oneDNN itself, and its 3x3
-    ones are faster: the shapes benchmark's single-threaded edits took 60 s instead of 56 s without
-    it), not for step C's sampling (batched, with the VAE at full resolution: 2.6x slower without
+    ones are faster: the shapes benchmark's single-threaded edits took about 60 s without it, 57 s
+    with), not for step C's sampling (batched, with the VAE at full resolution: 2.6x slower without
     oneDNN), and not for larger UNets, where oneDNN is faster already at 64 channels or a 32x32
     latent (A 7-16% slower without it). Both compute the same convolution, to rounding.
     """
