@@ -155,7 +155,8 @@ def count_step_flops(pipe, noise_scheduler, cfg, weight_dtype, device, resolutio
         time_ids = sdxl_time_ids(resolution).to(device)
     counter = FlopCounterMode(display=False)
     with counter, torch.autocast(device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32):
-        loss = denoising_loss(pipe.unet, noise_scheduler, latents, embeds, batch_size=cfg.train_batch_size,
+        batch_size = cfg.effective_emb_train_batch_size if phase == "A" else cfg.train_batch_size
+        loss = denoising_loss(pipe.unet, noise_scheduler, latents, embeds, batch_size=batch_size,
                               generator=torch.Generator().manual_seed(0), weight_dtype=weight_dtype,
                               add_time_ids=time_ids)
         loss.backward()
