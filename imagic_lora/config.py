@@ -203,8 +203,8 @@ class ImagicConfig:
                 raise ImagicInputError("--etas", f"{eta} is not a finite number")
         if not math.isfinite(self.recommended_eta):
             raise ImagicInputError("--recommended_eta", "is not a finite number")
-        positive_ints = ("emb_train_steps", "max_train_steps", "train_batch_size", "emb_train_batch_size", "rank", "num_seeds",
-                         "sample_batch_size", "num_inference_steps", "gradient_accumulation_steps",
+        positive_ints = ("emb_train_steps", "max_train_steps", "train_batch_size", "emb_train_batch_size", "rank",
+                         "num_seeds", "sample_batch_size", "num_inference_steps", "gradient_accumulation_steps",
                          "checkpointing_steps", "checkpoints_total_limit")
         for name in positive_ints:
             value = getattr(self, name)

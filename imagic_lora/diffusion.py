@@ -120,12 +120,14 @@ def training_convolutions(unet, latents: torch.Tensor) -> contextlib.AbstractCon
     rank-wide convolutions, which PyTorch sends to oneDNN whenever it has more than one thread. On
     2 CPU cores, the bundled model's training steps at batch 4: step B 132 -> 110 ms, step A 50 ->
     46 ms. Not with one thread (PyTorch then keeps 1x1 convolutions off oneDNN itself, and its 3x3
-    ones are faster: the shapes benchmark's single-threaded edits took about 60 s without it, 57 s
-    with), not for step C's sampling (batched, with the VAE at full resolution: 2.6x slower without
-    oneDNN), and not for larger UNets, where oneDNN is faster already at 64 channels or a 32x32
-    latent (A 7-16% slower without it). Both compute the same convolution, to rounding.
+    ones are faster: the shapes benchmark's 60 cases took 30.6 min without it, 29 min with), not for
+    step C's sampling (batched, with the VAE at full resolution: 2.6x slower without oneDNN), not in
+    fp16/bf16 (oneDNN is the CPU's fast path there; only fp32 was measured), and not for larger
+    UNets, where oneDNN is faster already at 64 channels or a 32x32 latent (A 7-16% slower without
+    it). Both compute the same convolution, to rounding. The switch is PyTorch's process-wide flag:
+    two threads training at once would share it.
     """
-    small = (latents.device.type == "cpu" and torch.get_num_threads() > 1
+    small = (latents.device.type == "cpu" and torch.get_num_threads() > 1 and unet.dtype == torch.float32
              and unet.config.block_out_channels[0] <= SMALL_UNET_CHANNELS
              and max(latents.shape[-2:]) <= SMALL_UNET_LATENT)
     return _onednn_off() if small else contextlib.nullcontext()

@@ -276,6 +276,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             "seeds": cfg.seeds,
             "picked": picked,
             "sample_batch_size": batch,
+            "emb_train_batch_size": cfg.effective_emb_train_batch_size,
             "lora_alpha_used": cfg.effective_lora_alpha,
             "lora_target_module_list": cfg.lora_target_module_list,
             "trainable_parameters": n_trainable,
@@ -350,7 +351,8 @@ def reset_unet(pipe, base_state: dict | None, weight_dtype: torch.dtype) -> None
 def failure_message(error: BaseException) -> str:
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return ("CUDA out of memory; levers that fit a smaller card: --gradient_checkpointing, --use_8bit_adam, "
-                "a lower --rank, a lower --resolution, --train_batch_size 1 with --gradient_accumulation_steps, "
+                "a lower --rank, a lower --resolution, --train_batch_size 1 (and --emb_train_batch_size 1) with "
+                "--gradient_accumulation_steps, "
                 "--sample_batch_size 1, "
                 "--mixed_precision fp16/bf16")
     return str(error) if isinstance(error, (ImagicInputError, NonFiniteLossError)) else \

@@ -215,6 +215,8 @@ def assert_kept(picked: dict, fraction: float, place_distance: float) -> None:
     expected = expected_kept(picked, fraction, place_distance)
     assert sum(e is None for e in expected) < len(expected), "every candidate at the bar: the test cannot tell"
     assert all(e is None or c["kept"] == e for c, e in zip(picked["candidates"], expected)), (picked, expected)
+    chosen = [c for c in picked["candidates"] if (c["eta"], c["seed"]) == (picked["eta"], picked["seed"])]
+    assert len(chosen) == 1 and chosen[0]["kept"], picked  # the pick is one of the kept candidates
 
 
 def test_pick_flags_reach_the_pick(tiny_sd, input_png, tmp_path):

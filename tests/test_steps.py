@@ -371,24 +371,30 @@ def test_small_unets_train_with_pytorch_convolutions_and_the_flag_comes_back(tin
     import imagic_lora.diffusion as diffusion
     from test_cli import run_inprocess
 
-    def unet(channels):
-        return SimpleNamespace(config=SimpleNamespace(block_out_channels=(channels, 2 * channels)))
+    def unet(channels, dtype=torch.float32):
+        return SimpleNamespace(config=SimpleNamespace(block_out_channels=(channels, 2 * channels)), dtype=dtype)
 
     assert torch.backends.mkldnn.enabled
     threads = torch.get_num_threads()
     try:
-        for n, channels, side, expected in [(2, 32, 16, False), (2, 16, 8, False), (2, 64, 16, True),
-                                            (2, 32, 32, True), (1, 32, 16, True)]:
+        for n, model, latents, expected in [
+                (2, unet(32), torch.zeros(1, 4, 16, 16), False), (2, unet(16), torch.zeros(1, 4, 8, 8), False),
+                (2, unet(64), torch.zeros(1, 4, 16, 16), True), (2, unet(32), torch.zeros(1, 4, 32, 32), True),
+                (1, unet(32), torch.zeros(1, 4, 16, 16), True),
+                (2, unet(32, torch.bfloat16), torch.zeros(1, 4, 16, 16), True),
+                (2, unet(32), torch.zeros(1, 4, 16, 16, device="meta"), True)]:
             torch.set_num_threads(n)
-            with diffusion.training_convolutions(unet(channels), torch.zeros(1, 4, side, side)):
-                assert torch.backends.mkldnn.enabled is expected, (n, channels, side)
+            with diffusion.training_convolutions(model, latents):
+                assert torch.backends.mkldnn.enabled is expected, (n, model, latents.shape, latents.device)
             assert torch.backends.mkldnn.enabled
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError):
+            with diffusion.training_convolutions(unet(32), torch.zeros(1, 4, 16, 16)):
+                assert torch.backends.mkldnn.enabled is False
+                raise RuntimeError("boom")
+        assert torch.backends.mkldnn.enabled
     finally:
         torch.set_num_threads(threads)
-    with pytest.raises(RuntimeError):
-        with diffusion.training_convolutions(unet(32), torch.zeros(1, 4, 16, 16)):
-            raise RuntimeError("boom")
-    assert torch.backends.mkldnn.enabled
 
     seen = []
     original = diffusion.denoising_loss
