@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,50 +24,13 @@ from safetensors.torch import load_file, save_file
 
 from .conditioning import PromptEmbeds, interpolate, is_sdxl
 from .lora import kohya_state_dict, lora_adapter_metadata, lora_state_dict
+from .output import CONFIG_NAME
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHT_NAME = "imagic_lora_kohya.safetensors"
 EMBEDS_NAME = "imagic_embeds.safetensors"
-CONFIG_NAME = "imagic_config.json"
 FULL_UNET_DIR = "unet"
 ARTIFACT_FORMAT = "imagic-lora/1"
-
-
-class StagedOutput:
-    """An artifact folder built under a temporary name beside its target, renamed in when whole.
-
-    ``.<name>.partial`` holds the images, files and checkpoints while the edit runs; a crash or
-    a kill leaves it (with its checkpoints, for ``--resume``) but never a folder under the
-    target's name that looks complete. :meth:`commit` replaces the target only when the new
-    folder is complete, and an existing target only when ``overwrite`` is set.
-    """
-
-    def __init__(self, output_dir: str | os.PathLike):
-        self.target = Path(output_dir).resolve()
-        self.path = self.target.parent / f".{self.target.name}.partial"
-
-    def prepare(self, resume: bool) -> Path:
-        if not resume:
-            shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir(parents=True, exist_ok=True)
-        return self.path
-
-    def commit(self, overwrite: bool) -> Path:
-        old = None
-        if self.target.exists():
-            if not overwrite and (not self.target.is_dir() or any(self.target.iterdir())):
-                raise FileExistsError(f"{self.target} appeared while the edit ran; not overwritten")
-            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
-            os.replace(self.target, old)
-        os.replace(self.path, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.target
-
-    def discard(self) -> None:
-        """After a failure: keep the folder only if it holds a checkpoint worth resuming."""
-        if not any((self.path / "checkpoints").glob("*/state.json")):
-            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def save_lora_files(folder: Path, pipe, *, lora_alpha: float, kohya_metadata: dict[str, str] | None) -> None:
@@ -113,26 +75,54 @@ class ImagicEdit:
 
 
 def read_edit(folder: str | os.PathLike) -> ImagicEdit:
-    """The embeddings and config of an artifact folder (no model needed)."""
+    """The embeddings and config of an artifact folder (no model needed). Refuses, with a ValueError
+    naming the file, a config that is not a JSON object, embeddings of the wrong shape (each
+    ``(1, L, D)``, pooled ``(1, P)``, target and optimized alike) and non-finite values."""
     folder = Path(folder)
     config_path, embeds_path = folder / CONFIG_NAME, folder / EMBEDS_NAME
     for path in (config_path, embeds_path):
         if not path.is_file():
             raise ValueError(f"{folder} is not an imagic-lora artifact: {path.name} is missing")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{config_path} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} is not a JSON object")
     tensors = load_file(embeds_path)
     try:
-        return ImagicEdit(PromptEmbeds.from_state_dict(tensors, "target"),
-                          PromptEmbeds.from_state_dict(tensors, "optimized"), config)
+        e_tgt, e_opt = (PromptEmbeds.from_state_dict(tensors, "target"),
+                        PromptEmbeds.from_state_dict(tensors, "optimized"))
     except KeyError as e:
         raise ValueError(f"{embeds_path} lacks the tensor {e}") from None
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{embeds_path}: {name} holds NaN or infinite values")
+    for kind, ndim in (("prompt_embeds", 3), ("pooled_prompt_embeds", 2)):
+        target, optimized = getattr(e_tgt, kind), getattr(e_opt, kind)
+        if (target is None) != (optimized is None):
+            raise ValueError(f"{embeds_path}: target_{kind} and optimized_{kind} must come together")
+        if target is None:
+            continue
+        if target.ndim != ndim or target.shape[0] != 1 or target.shape != optimized.shape:
+            raise ValueError(f"{embeds_path}: target_{kind} {tuple(target.shape)} and optimized_{kind} "
+                             f"{tuple(optimized.shape)} must both be one prompt's, (1, ...) of {ndim} dimensions")
+    return ImagicEdit(e_tgt, e_opt, config)
+
+
+def check_finite_file(path: Path) -> None:
+    """Refuse a safetensors file holding NaN or infinite values (a diverged training's weights)."""
+    for name, tensor in load_file(path).items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: {name} holds NaN or infinite values")
 
 
 def load_edit(pipe, folder: str | os.PathLike, adapter_name: str = "imagic", kohya: bool = False) -> ImagicEdit:
     """Load an artifact into a stock pipeline (its LoRA, or its full UNet); return the embeddings.
 
-    Refuses an artifact made for another model family or embedding width. ``kohya=True`` loads
-    the kohya copy instead of the diffusers file (they give the same images).
+    Refuses an artifact made for another model family, embedding width or sequence length, and one
+    whose weights are not finite. ``kohya=True`` loads the kohya copy instead of the diffusers file
+    (they give the same images).
     """
     folder = Path(folder)
     edit = read_edit(folder)
@@ -143,16 +133,29 @@ def load_edit(pipe, folder: str | os.PathLike, adapter_name: str = "imagic", koh
     if edit.e_tgt.prompt_embeds.shape[-1] != width:
         raise ValueError(f"{folder} holds {edit.e_tgt.prompt_embeds.shape[-1]}-wide embeddings; "
                          f"this pipeline's UNet attends to {width}-wide ones (another base model)")
+    length = getattr(getattr(pipe, "tokenizer", None), "model_max_length", None)
+    if length is not None and edit.e_tgt.prompt_embeds.shape[1] != length:
+        raise ValueError(f"{folder} holds embeddings of {edit.e_tgt.prompt_embeds.shape[1]} tokens; this "
+                         f"pipeline's text encoder gives {length}")
     if (edit.e_tgt.pooled_prompt_embeds is None) != (family == "sd"):
         raise ValueError(f"{folder}: pooled embeddings do not match a {family} pipeline")
+    if family == "sdxl":
+        pooled = pipe.text_encoder_2.config.projection_dim
+        if edit.e_tgt.pooled_prompt_embeds.shape[-1] != pooled:
+            raise ValueError(f"{folder} holds {edit.e_tgt.pooled_prompt_embeds.shape[-1]}-wide pooled embeddings; "
+                             f"this pipeline's second text encoder gives {pooled}")
     if (folder / FULL_UNET_DIR).is_dir():
         from diffusers import UNet2DConditionModel
-        unet = UNet2DConditionModel.from_pretrained(folder / FULL_UNET_DIR, dtype=pipe.unet.dtype)
+        for path in sorted((folder / FULL_UNET_DIR).glob("*.safetensors")):
+            check_finite_file(path)
+        unet = UNet2DConditionModel.from_pretrained(folder / FULL_UNET_DIR, dtype=pipe.unet.dtype,
+                                                    use_safetensors=True)
         pipe.register_modules(unet=unet.to(pipe.device))
     else:
         weight_name = KOHYA_WEIGHT_NAME if kohya else LORA_WEIGHT_NAME
         if not (folder / weight_name).is_file():
             raise ValueError(f"{folder} has no {weight_name}")
+        check_finite_file(folder / weight_name)
         pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=adapter_name)
     return edit
 

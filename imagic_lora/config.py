@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ImagicInputError
+from .output import OutputError, check_output_dir, check_writable
 
 #: The model the package ships: a small Stable-Diffusion-format model of the "shapes world".
 BUNDLED_MODEL = Path(__file__).resolve().parent / "bundled" / "shapes-sd"
@@ -36,6 +37,9 @@ LORA_TARGET_PRESETS = {
 }
 
 SCHEDULERS = ("ddim", "dpmsolver++", "euler", "euler_a", "pndm", "model")
+MAX_ETA = 10.0  # |eta| beyond this is no edit, and its image name would not be a sane file name
+MAX_SEED = 2 ** 63 - 1
+MAX_RESOLUTION = 2048  # twice SDXL's native side; an absurd value would otherwise try to allocate it
 
 
 def _field(default, help: str, **kwargs):
@@ -190,19 +194,34 @@ class ImagicConfig:
 
         if self.manifest and self.tedbench:
             raise ImagicInputError("--manifest", "cannot be combined with --tedbench; give one job list")
+        for f in dataclasses.fields(self):  # choices hold for a manifest's values as for the flags
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices is not None and value not in choices:
+                allowed = ", ".join(c for c in choices if c is not None)
+                raise ImagicInputError(f"--{f.name}", f"{value!r} is not one of: {allowed}")
         if check_image:
             if not self.input_image:
                 raise ImagicInputError("--input_image", "is required")
             check_image_file(self.input_image, flag="--input_image")
             if self.target_prompt is None or not self.target_prompt.strip():
                 raise ImagicInputError("--target_prompt", "is empty; describe the wanted image")
+        if self.target_prompt is not None:
+            check_text(self.target_prompt, "--target_prompt")
         if not self.etas:
             raise ImagicInputError("--etas", "is empty; give at least one value, e.g. --etas 0 0.7 1")
+        names = {}
         for eta in self.etas:
-            if not math.isfinite(eta):
-                raise ImagicInputError("--etas", f"{eta} is not a finite number")
-        if not math.isfinite(self.recommended_eta):
-            raise ImagicInputError("--recommended_eta", "is not a finite number")
+            if not (math.isfinite(eta) and abs(eta) <= MAX_ETA):
+                raise ImagicInputError("--etas", f"{eta} is outside [-{MAX_ETA:g}, {MAX_ETA:g}]")
+            name = f"{eta:.2f}"  # the images are named by eta to 2 decimals
+            if name in names:
+                raise ImagicInputError("--etas", f"{names[name]:g} and {eta:g} are the same eta to 2 decimals "
+                                                 f"({name}), which names the images")
+            names[name] = eta
+        if not (math.isfinite(self.recommended_eta) and abs(self.recommended_eta) <= MAX_ETA):
+            raise ImagicInputError("--recommended_eta", f"{self.recommended_eta} is outside [-{MAX_ETA:g}, "
+                                                        f"{MAX_ETA:g}]")
         positive_ints = ("emb_train_steps", "max_train_steps", "train_batch_size", "emb_train_batch_size", "rank",
                          "num_seeds", "sample_batch_size", "num_inference_steps", "gradient_accumulation_steps",
                          "checkpointing_steps", "checkpoints_total_limit")
@@ -214,6 +233,11 @@ class ImagicConfig:
             minimum = 0 if name in ("emb_train_steps", "max_train_steps", "checkpointing_steps") else 1
             if value < minimum:
                 raise ImagicInputError(f"--{name}", f"must be >= {minimum}, got {value}")
+        # A: seed, B: seed + 1, the pick: seed + 2, C: seed .. seed + num_seeds - 1; every one a 63-bit seed.
+        last_seed = self.seed + max(self.num_seeds, 3) - 1
+        if self.seed < 0 or last_seed > MAX_SEED:
+            raise ImagicInputError("--seed", f"must be in 0..{MAX_SEED - max(self.num_seeds, 3) + 1} (the run also "
+                                             f"uses the next seeds), got {self.seed}")
         for name in ("emb_learning_rate", "learning_rate"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -238,8 +262,9 @@ class ImagicConfig:
             raise ImagicInputError("--lora_alpha", f"must be a positive number, got {self.lora_alpha}")
         if not self.lora_target_module_list:
             raise ImagicInputError("--lora_target_modules", "names no module")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise ImagicInputError("--resolution", f"must be a positive multiple of 8, got {self.resolution}")
+        if self.resolution is not None and not (8 <= self.resolution <= MAX_RESOLUTION and self.resolution % 8 == 0):
+            raise ImagicInputError("--resolution", f"must be a multiple of 8 from 8 to {MAX_RESOLUTION}, got "
+                                                   f"{self.resolution}")
         if self.guidance_scale < 0 or not math.isfinite(self.guidance_scale):
             raise ImagicInputError("--guidance_scale", f"must be >= 0, got {self.guidance_scale}")
         if self.report_to == "tensorboard":
@@ -255,37 +280,74 @@ class ImagicConfig:
                     "--enable_xformers_memory_efficient_attention",
                     "xformers is not installed (pip install 'imagic-lora[xformers]'; CUDA only); "
                     "leave the flag off to use PyTorch SDPA") from None
-        if check_image:  # a single edit: --output_dir is the artifact
-            check_output_dir(self.output_dir, overwrite=self.overwrite or self.resume)
-        else:  # many edits: --output_dir holds one artifact folder per job
-            check_writable(self.output_dir)
+        try:
+            if check_image:  # a single edit: --output_dir is the artifact
+                check_output_dir(self.output_dir, overwrite=self.overwrite, resume=self.resume)
+            else:  # many edits: --output_dir holds one artifact folder per job
+                if not self.output_dir.strip():
+                    raise OutputError(Path(self.output_dir), "is empty: name the folder for the artifacts")
+                check_writable(self.output_dir)
+        except OutputError as e:
+            raise ImagicInputError("--output_dir", str(e)) from None
         return self
+
+    def settings(self, ignore: frozenset[str] | set[str], input_sha256: str | None = None) -> dict:
+        """What this config computes, as JSON values: every field not in ``ignore``, the base model
+        as a resolved folder or a hub id, and the input image by content (``input_sha256``)."""
+        values = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        if "pretrained_model_name_or_path" in values:
+            values["pretrained_model_name_or_path"] = model_key(self.pretrained_model_name_or_path)
+        if input_sha256 is not None:
+            values["input_sha256"] = input_sha256
+        return json.loads(json.dumps(values))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def check_output_dir(output_dir: str, overwrite: bool, flag: str = "--output_dir") -> None:
-    """Refuse an output folder that would lose data or cannot be written."""
-    path = Path(output_dir)
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise ImagicInputError(
-            flag, f"{output_dir} already holds files; pass --overwrite to replace them or choose another folder")
-    check_writable(output_dir, flag)
+#: Settings that do not change what an edit computes: a checkpoint made under other values resumes
+#: (sample_batch_size: only the rounding of step C's images; the pick is redone from every image;
+#: output_dir and input_image: the folder is the same one, the image is compared by content).
+RESUMABLE_DIFFERENCES = frozenset({
+    "overwrite", "resume", "checkpointing_steps", "checkpoints_total_limit", "report_to", "manifest", "tedbench",
+    "sample_batch_size", "pick_keep_fraction", "pick_place_distance", "output_dir", "input_image"})
+#: Settings that do not change a finished artifact: a manifest's rerun skips a finished job despite them.
+ARTIFACT_DIFFERENCES = frozenset({
+    "overwrite", "resume", "checkpointing_steps", "checkpoints_total_limit", "report_to", "manifest", "tedbench",
+    "output_dir", "input_image"})
 
 
-def check_writable(output_dir: str, flag: str = "--output_dir") -> None:
-    """The folder exists or can be created, and we may write in it (and beside it)."""
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise ImagicInputError(flag, f"{output_dir} exists and is not a folder")
-    ancestor = path.resolve().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ImagicInputError(flag, f"cannot create {output_dir}: {ancestor} is a file")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ImagicInputError(flag, f"cannot write in {ancestor} (permission denied)")
+def changed_settings(before: dict, now: dict) -> list[str]:
+    """The flags whose values differ between two :meth:`ImagicConfig.settings` records, as ``--name``
+    (``--input_image`` for another image). A setting ``before`` lacks had its default then, and an
+    image hash it lacks is not compared (records from before hashes were kept)."""
+    defaults = ImagicConfig().settings(frozenset())
+    changed = []
+    for key, value in now.items():
+        if key == "input_sha256":
+            if key in before and before[key] != value:
+                changed.append("--input_image (another image)")
+        elif key == "pretrained_model_name_or_path":
+            if model_key(str(before.get(key, defaults[key]))) != value:
+                changed.append(f"--{key}")
+        elif before.get(key, defaults.get(key)) != value:
+            changed.append(f"--{key}")
+    return sorted(changed)
+
+
+def model_key(pretrained_model_name_or_path: str) -> str:
+    """A base model as a comparable string: a local folder resolved, a hub id as it is."""
+    path = Path(pretrained_model_name_or_path)
+    return str(path.resolve()) if path.is_dir() else pretrained_model_name_or_path
+
+
+def check_text(text: str, flag: str) -> None:
+    """A prompt must be encodable text (a command line's invalid UTF-8 arrives as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ImagicInputError(flag, f"is not valid UTF-8 text: {text.encode('utf-8', 'backslashreplace')!r}") \
+            from None
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):

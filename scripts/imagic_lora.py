@@ -16,12 +16,15 @@ each process runs whole, independent edits on its own copy of the model (no DDP)
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
-import shutil
 import logging
+import os
 import platform
+import shutil
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -32,34 +35,33 @@ from accelerate import Accelerator  # noqa: E402
 
 from imagic_lora import __version__  # noqa: E402
 from imagic_lora.artifact import (  # noqa: E402
-    CONFIG_NAME, StagedOutput, save_embeds, save_full_unet, save_lora_files, write_json, write_model_card)
+    CONFIG_NAME, save_embeds, save_full_unet, save_lora_files, write_json, write_model_card)
 from imagic_lora.checkpoint import CheckpointStore  # noqa: E402
 from imagic_lora.conditioning import PromptEmbeds, encode_prompt, interpolate, is_sdxl, sdxl_time_ids  # noqa: E402
-from imagic_lora.config import BUNDLED_MODEL, DEFAULT_EXAMPLE, DEFAULT_TARGET_PROMPT, ImagicConfig, parse_args  # noqa: E402,E501
+from imagic_lora.config import (  # noqa: E402
+    ARTIFACT_DIFFERENCES, BUNDLED_MODEL, DEFAULT_EXAMPLE, DEFAULT_TARGET_PROMPT, LORA_TARGET_PRESETS,
+    RESUMABLE_DIFFERENCES, ImagicConfig, changed_settings, check_text, parse_args)
 from imagic_lora.diffusion import NonFiniteLossError, encode_image_latents, timestep_weights  # noqa: E402
 from imagic_lora.embedding import optimize_embedding  # noqa: E402
 from imagic_lora.errors import ImagicInputError  # noqa: E402
 from imagic_lora.finetune import finetune, full_finetune_parameters, make_optimizer  # noqa: E402
 from imagic_lora.generate import EDIT_IMAGE_NAME, default_sample_batch_size, generate_images, image_name  # noqa: E402,E501
-from imagic_lora.images import contact_sheet, load_image, pil_to_tensor  # noqa: E402
-from imagic_lora.interrupt import Interrupted, StopFlag  # noqa: E402
-from imagic_lora.jobs import Job, is_complete, read_manifest, read_tedbench, write_summary  # noqa: E402
-from imagic_lora.lora import add_lora, architecture_of, fused_lora, kohya_metadata  # noqa: E402
+from imagic_lora.images import (  # noqa: E402
+    check_image_file, contact_sheet, file_sha256, is_readable_image, load_image, pil_to_tensor, save_image)
+from imagic_lora.interrupt import Interrupted, StopFlag, stop_with_launcher  # noqa: E402
+from imagic_lora.jobs import Job, is_complete, order_rows, read_manifest, read_tedbench, write_summary  # noqa: E402
+from imagic_lora.lora import add_lora, architecture_of, fused_lora, kohya_metadata, unmatched_targets  # noqa: E402
 from imagic_lora.metrics import peak_memory, timed  # noqa: E402
 from imagic_lora.pick import pick_edit, pick_record  # noqa: E402
 from imagic_lora.models import (  # noqa: E402
     inference_scheduler, load_pipeline, load_tokenizer_and_vocabulary, model_family, native_resolution,
-    prepare_unet, training_noise_scheduler, weight_dtype_for)
+    prepare_unet, scheduler_config, training_noise_scheduler, weight_dtype_for)
+from imagic_lora.output import (  # noqa: E402
+    FolderLock, OutputError, StagedOutput, check_output_path, foreign_entries, partial_path, read_config,
+    recover_interrupted_replacement, why_not_replaceable)
 from imagic_lora.vocabulary import unknown_words  # noqa: E402
 
 logger = logging.getLogger("imagic_lora")
-
-#: Settings that do not change what an edit computes (sample_batch_size: only the rounding of step
-#: C's images; pick_keep_fraction, pick_place_distance: the pick is redone from every image on each run):
-#: a checkpoint made under other values resumes.
-RESUMABLE_DIFFERENCES = {"overwrite", "resume", "checkpointing_steps", "checkpoints_total_limit", "report_to",
-                         "manifest", "tedbench", "sample_batch_size", "pick_keep_fraction",
-                         "pick_place_distance"}
 
 
 # ---- 1. parse and check ----------------------------------------------------------------------
@@ -80,20 +82,32 @@ def plan_jobs(cfg: ImagicConfig) -> list[Job]:
     return [Job(None, image or "", prompt)]
 
 
-def check_inputs(cfg: ImagicConfig, jobs: list[Job]) -> None:
-    """Everything checkable before the weights load: files, numbers, output folder, vocabulary."""
+def check_inputs(cfg: ImagicConfig, jobs: list[Job]) -> set[str]:
+    """Everything checkable before the weights load: files, numbers, output folders, vocabulary, the
+    model's schedule. Returns the ids of a manifest's finished jobs to skip (complete, same settings)."""
     single = jobs[0].id is None
     cfg = jobs[0].config(cfg) if single else cfg  # the single edit's image and prompt
     cfg.validate(check_image=single)
-    for job in jobs[1:] if single else jobs:
-        job.config(cfg).validate(check_image=False)
+    job_cfgs = {job.id: job.config(cfg) for job in jobs}
+    if not single:
+        for job in jobs:
+            try:
+                job_cfgs[job.id].validate(check_image=False)
+            except ImagicInputError as e:
+                raise ImagicInputError("--manifest", f"job {job.id}: {e}") from None
     model_family(cfg.pretrained_model_name_or_path, cfg.revision)  # a readable diffusers folder or hub id
+    schedule = scheduler_config(cfg.pretrained_model_name_or_path, cfg.revision).get("num_train_timesteps", 1000)
     tokenizer, vocabulary = load_tokenizer_and_vocabulary(cfg.pretrained_model_name_or_path, cfg.revision)
     for job in jobs:
         where = "--target_prompt" if single else "--manifest"
         prefix = "" if single else f"job {job.id}: "
+        steps = job_cfgs[job.id].num_inference_steps
+        if steps > schedule:
+            raise ImagicInputError("--num_inference_steps" if single else "--manifest",
+                                   f"{prefix}{steps} steps is more than the model's {schedule}-step schedule")
         if not job.target_prompt.strip():
             raise ImagicInputError(where, f"{prefix}the target prompt is empty")
+        check_text(job.target_prompt, where)
         unknown = unknown_words(tokenizer, job.target_prompt, vocabulary)
         if unknown:
             known = f"; it knows: {' '.join(sorted(vocabulary))}" if vocabulary else ""
@@ -103,6 +117,45 @@ def check_inputs(cfg: ImagicConfig, jobs: list[Job]) -> None:
             kept = tokenizer.decode(ids[1:tokenizer.model_max_length - 1])
             logger.warning("%s%s is %d tokens; the text encoder reads %d, so it is cut after: %r", prefix,
                            where, len(ids), tokenizer.model_max_length, kept)
+    return set() if single else finished_jobs(cfg, jobs, job_cfgs)
+
+
+def finished_jobs(cfg: ImagicConfig, jobs: list[Job], job_cfgs: dict[str, ImagicConfig]) -> set[str]:
+    """A manifest's job folders, checked before anything runs: the ids of the finished jobs to skip.
+
+    A folder that holds anything but an imagic-lora artifact is refused (it is never replaced). A
+    finished job is skipped when its artifact was made with the job's settings and image; when they
+    changed, it is redone under --overwrite and refused without (never reported as done).
+    """
+    skip = set()
+    for job in jobs:
+        folder = Path(job_cfgs[job.id].output_dir)
+        where = f"job {job.id}: {folder}"
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise ImagicInputError("--manifest", f"{where} is in the way of the job's artifact folder")
+        partial = partial_path(folder)
+        if partial.is_dir() and foreign_entries(partial, partial=True):
+            raise ImagicInputError("--manifest", f"job {job.id}: {partial} holds files imagic-lora did not write")
+        if not folder.is_dir() or not any(folder.iterdir()):
+            continue
+        record = read_config(folder)
+        if record is None:
+            raise ImagicInputError("--manifest", f"{where} holds files that are not an imagic-lora artifact; "
+                                                 "choose another --output_dir or job id")
+        if cfg.overwrite:
+            reason = why_not_replaceable(folder)
+            if reason is not None:
+                raise ImagicInputError("--manifest", f"{where} {reason}")
+            continue
+        image = Path(job.input_image)
+        sha = file_sha256(image) if image.is_file() else None
+        before = record.get("settings") if isinstance(record.get("settings"), dict) else record
+        changed = changed_settings(before, job_cfgs[job.id].settings(ARTIFACT_DIFFERENCES, sha))
+        if changed:
+            raise ImagicInputError("--manifest", f"{where} was made with other settings ({', '.join(changed)}); "
+                                                 "pass --overwrite to redo it")
+        skip.add(job.id)
+    return skip
 
 
 # ---- one edit: A, B, C, save ------------------------------------------------------------------
@@ -119,10 +172,11 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
     if (cfg.timestep_bias_strategy == "none") != (cfg.timestep_bias_multiplier == 1.0):
         logger.warning("--timestep_bias_strategy %s with --timestep_bias_multiplier %g: no bias (both are needed)",
                        cfg.timestep_bias_strategy, cfg.timestep_bias_multiplier)
+    input_sha256 = file_sha256(cfg.input_image)
     stage = StagedOutput(cfg.output_dir)
     out = stage.prepare(resume=cfg.resume)
     store = CheckpointStore(out / "checkpoints", cfg.checkpoints_total_limit)
-    check_resumable(store, cfg)
+    check_resumable(store, cfg, input_sha256)
     tracker = None
     if cfg.report_to == "tensorboard":  # per edit, on whichever process runs it
         from torch.utils.tensorboard import SummaryWriter
@@ -149,8 +203,8 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
 
         # ---- A: optimise the embedding, the UNet frozen ----
         with timed(timings, "A", device, phase_memory):
-            if store.has("phase-A"):
-                state = store.load("phase-A")
+            state = store.load_intact("phase-A")
+            if state is not None:
                 e_opt = PromptEmbeds(state["prompt_embeds"].to(device), _opt(state["pooled_prompt_embeds"], device))
                 losses_a = state["losses"]
             else:
@@ -174,16 +228,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             optimizer = make_optimizer(params, learning_rate=cfg.learning_rate, use_8bit_adam=cfg.use_8bit_adam,
                                        weight_decay=cfg.adam_weight_decay, accelerator=accelerator)
             generator_b = torch.Generator().manual_seed(cfg.seed + 1)
-            start, losses_b = 0, []
-            if latest := store.latest_b():
-                state = store.load(latest)
-                with torch.no_grad():
-                    for name, value in state["params"].items():
-                        trainable[name].copy_(value)
-                optimizer.load_state_dict(state["optimizer"])
-                generator_b.set_state(state["generator"])
-                start, losses_b = state["step"], state["losses"]
-                logger.info("resuming step B at step %d of %d from %s", start, cfg.max_train_steps, latest)
+            resumed_b, losses_b = resume_step_b(store, trainable, optimizer, generator_b, cfg.max_train_steps)
 
             def checkpoint_b(step: int, new_losses: list) -> None:
                 done = step + 1
@@ -198,7 +243,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             losses_b += finetune(unet, noise_scheduler, latents, e_opt, optimizer, accelerator=accelerator,
                                  steps=cfg.max_train_steps, batch_size=cfg.train_batch_size, generator=generator_b,
                                  weight_dtype=weight_dtype, add_time_ids=add_time_ids,
-                                 timestep_weights=weights_b, start_step=start, on_step=checkpoint_b, log=log)
+                                 timestep_weights=weights_b, start_step=resumed_b, on_step=checkpoint_b, log=log)
             n_trainable = sum(p.numel() for p in params)
             if cfg.full_finetune:
                 unet.to(dtype=weight_dtype)  # what is saved, and what generates, is the weight dtype
@@ -211,7 +256,8 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             scheduler_class = type(pipe.scheduler).__name__
             (out / "images").mkdir(exist_ok=True)
             images = {(eta, seed): out / "images" / image_name(eta, seed) for eta in cfg.etas for seed in cfg.seeds}
-            pending = [pair for pair, path in images.items() if not path.is_file()]
+            # A resumed run keeps the images it drew whole; a torn or unreadable one is drawn again.
+            pending = [pair for pair, path in images.items() if not is_readable_image(path)]
             batch = cfg.sample_batch_size or default_sample_batch_size(is_sdxl(pipe), resolution)
             try:
                 # Fused: faster; the base weights come back bit for bit for the pick (nothing to draw
@@ -223,7 +269,7 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
                                                [seed for _, seed in chunk], guidance_scale=cfg.guidance_scale,
                                                num_inference_steps=cfg.num_inference_steps, resolution=resolution)
                         for pair, picture in zip(chunk, made):
-                            picture.save(images[pair])
+                            save_image(picture, images[pair])
                         stop.check()
             finally:
                 pipe.scheduler = model_scheduler  # the next edit starts from the model's own, even after an error
@@ -248,10 +294,10 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
 
         # ---- save the artifact ----
         with timed(timings, "save", device, phase_memory):
-            image.save(out / "images" / "input.png")
-            contact_sheet(image, {k: Image.open(v) for k, v in images.items()}, cfg.etas, cfg.seeds,
-                          picked=(picked["eta"], picked["seed"]) if picked else None).save(
-                out / "images" / "grid.png")
+            save_image(image, out / "images" / "input.png")
+            save_image(contact_sheet(image, {k: Image.open(v) for k, v in images.items()}, cfg.etas, cfg.seeds,
+                                     picked=(picked["eta"], picked["seed"]) if picked else None),
+                       out / "images" / "grid.png")
             architecture = architecture_of(pipe)
             if cfg.full_finetune:
                 save_full_unet(out, unet, weight_dtype)
@@ -287,15 +333,18 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
             "device_type": device.type,
             "loss_A": {"first": losses_a[0] if losses_a else None, "last": losses_a[-1] if losses_a else None},
             "loss_B": {"first": losses_b[0] if losses_b else None, "last": losses_b[-1] if losses_b else None},
-            "resumed_from_step_B": start or None,
+            "input_sha256": input_sha256,
+            # The settings as given, for a manifest's rerun to compare (above, some are as resolved).
+            "settings": cfg.settings(ARTIFACT_DIFFERENCES, input_sha256),
+            "resumed_from_step_B": resumed_b or None,
             "wall_time_s": {k: round(v, 3) for k, v in timings.items()},
             "memory_per_phase": phase_memory,
             "memory": peak_memory(phase_memory),
             "versions": library_versions(),
         }
         write_model_card(out, record)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        write_json(out / CONFIG_NAME, record)  # last: the marker of a complete artifact
+        write_json(out / CONFIG_NAME, record)  # the marker of a complete artifact
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # after: a failed write keeps them
         if tracker:
             tracker.close()
             tracker = None
@@ -304,6 +353,10 @@ def edit(cfg: ImagicConfig, pipe, accelerator: Accelerator, noise_scheduler, sto
     except BaseException as error:
         if tracker:
             tracker.close()
+        if isinstance(error, Interrupted):
+            latest = store.latest_b()
+            error.saved = (f"step B's checkpoint at step {int(latest.split('-')[-1])}" if latest
+                           else "step A's result" if store.has("phase-A") else None)
         stage.discard()  # a checkpoint (A or B) is kept for --resume
         raise
 
@@ -318,22 +371,50 @@ def _opt(tensor, device):
     return None if tensor is None else tensor.to(device)
 
 
-def check_resumable(store: CheckpointStore, cfg: ImagicConfig) -> None:
-    """Refuse to resume checkpoints made with settings that change the result."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_DIFFERENCES}
+def check_resumable(store: CheckpointStore, cfg: ImagicConfig, input_sha256: str) -> None:
+    """Refuse to resume checkpoints made with settings, or an input image, that change the result."""
+    settings = cfg.settings(RESUMABLE_DIFFERENCES, input_sha256)
     run_file = store.root / "run.json"
     if run_file.is_file():
-        before = json.loads(run_file.read_text())
-        # A flag added since the checkpoint was made had its default then.
-        defaults = json.loads(json.dumps(ImagicConfig().to_dict()))
-        now = json.loads(json.dumps(settings))
-        changed = sorted(k for k in now if before.get(k, defaults.get(k)) != now[k])
+        try:
+            before = json.loads(run_file.read_text())
+        except ValueError:
+            before = None
+        if not isinstance(before, dict):
+            raise ImagicInputError("--resume", f"{run_file} is unreadable, so the checkpoint's settings are unknown; "
+                                               "pass --overwrite to start over")
+        changed = changed_settings(before, settings)
         if changed:
             raise ImagicInputError("--resume", f"the checkpoint in {store.root.parent} was made with other "
-                                               f"settings ({', '.join('--' + k for k in changed)}); drop --resume "
-                                               "to start over")
+                                               f"settings ({', '.join(changed)}); pass --overwrite instead of "
+                                               "--resume to start over")
     store.root.mkdir(parents=True, exist_ok=True)
     write_json(run_file, settings)
+
+
+def resume_step_b(store: CheckpointStore, trainable: dict, optimizer, generator: torch.Generator,
+                  steps: int) -> tuple[int, list[float]]:
+    """Put the newest intact step-B checkpoint back (weights, optimiser, generator); return its step and
+    losses, or (0, []) when there is none. A torn or corrupt one is passed over for the one before it."""
+    for step in reversed(store.b_steps()):
+        name = f"B-step-{step:06d}"
+        state = store.load_intact(name)
+        if state is None:
+            continue
+        params = state.get("params", {})
+        if set(params) != set(trainable) or any(params[k].shape != trainable[k].shape for k in params):
+            logger.warning("checkpoint %s does not hold this run's weights; not used", store.path(name))
+            continue
+        with torch.no_grad():
+            for key, value in params.items():
+                trainable[key].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        if step != store.b_steps()[-1]:
+            logger.warning("resuming from %s, the newest intact checkpoint", name)
+        logger.info("resuming step B at step %d of %d from %s", state["step"], steps, name)
+        return state["step"], state["losses"]
+    return 0, []
 
 
 def reset_unet(pipe, base_state: dict | None, weight_dtype: torch.dtype) -> None:
@@ -355,8 +436,20 @@ def failure_message(error: BaseException) -> str:
                 "--gradient_accumulation_steps, "
                 "--sample_batch_size 1, "
                 "--mixed_precision fp16/bf16")
-    return str(error) if isinstance(error, (ImagicInputError, NonFiniteLossError)) else \
+    if is_disk_full(error):
+        return (f"no space left on the device writing {error.filename or 'the output'}; the checkpoints made so far "
+                "are kept: free some space, then rerun the same command with --resume")
+    return str(error) if isinstance(error, (ImagicInputError, NonFiniteLossError, OutputError)) else \
         f"{type(error).__name__}: {error}"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+#: Failures of one edit that get a one-line message (a manifest records them and goes on); anything
+#: else is a bug, shown with its traceback.
+EXPECTED_FAILURES = (ImagicInputError, NonFiniteLossError, OutputError, torch.cuda.OutOfMemoryError)
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -365,20 +458,40 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(name)s: %(message)s", level=logging.INFO)
     # ---- 1. parse and check, before any model loads ----
     cfg = parse_args(argv)
-    try:
-        jobs = plan_jobs(cfg)
-        check_inputs(cfg, jobs)
-    except ImagicInputError as e:
-        print(f"imagic_lora: error: {e}", file=sys.stderr)
-        return 2
-    many = jobs[0].id is not None
-    if not many and cfg.resume and is_complete(cfg.output_dir):
-        print(f"imagic_lora: {cfg.output_dir} is already complete; nothing to resume")
-        return 0
+    with contextlib.ExitStack() as held:
+        try:
+            jobs = plan_jobs(cfg)
+            many = jobs[0].id is not None
+            # One run at a time per output folder (for many edits, the main process holds the run's);
+            # then a replacement an earlier run left half done is undone before anything is checked.
+            check_output_path(cfg.output_dir, artifact=not many)
+            if not many or int(os.environ.get("RANK", "0")) == 0:
+                held.enter_context(FolderLock(cfg.output_dir, inside=many))
+                for job in jobs:
+                    recover_interrupted_replacement(job.config(cfg).output_dir)
+            skip = check_inputs(cfg, jobs)
+        except OutputError as e:
+            print(f"imagic_lora: error: --output_dir: {e}", file=sys.stderr)
+            return 2
+        except ImagicInputError as e:
+            print(f"imagic_lora: error: {e}", file=sys.stderr)
+            return 2
+        if not many and cfg.resume and is_complete(cfg.output_dir) and not partial_path(cfg.output_dir).is_dir():
+            print(f"imagic_lora: {cfg.output_dir} is already complete; nothing to resume")
+            return 0
+        return run(cfg, jobs, skip, many)
 
+
+def run(cfg: ImagicConfig, jobs: list[Job], skip: set[str], many: bool) -> int:
+    """Steps 2-5 of the run, on checked input: Accelerator, load, the edits, the report."""
     # ---- 2. Accelerator: the device, mixed precision; each process takes its share of the jobs ----
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    if many and accelerator.num_processes > 1:  # no stale summary part from an earlier run is read back
+        if accelerator.is_main_process:
+            for stale in Path(cfg.output_dir).glob(".summary.rank*.json"):
+                stale.unlink()
+        accelerator.wait_for_everyone()
     # SIGINT/SIGTERM finish the current step and save a checkpoint; the handlers before are back after.
     with StopFlag() as stop:
         if cfg.allow_tf32 and torch.cuda.is_available():
@@ -387,14 +500,19 @@ def main(argv: list[str] | None = None) -> int:
         # Frozen weights in the reduced dtype; trainable tensors and losses stay fp32.
         weight_dtype = weight_dtype_for(accelerator.mixed_precision)
 
-        # ---- 3. load the base model, once per process ----
+        # ---- 3. load the base model, once per process; then what only the model can check ----
         load_timing: dict[str, float] = {}
-        with timed(load_timing, "model_load", accelerator.device):
-            pipe = load_pipeline(cfg.pretrained_model_name_or_path, revision=cfg.revision, variant=cfg.variant,
-                                 weight_dtype=weight_dtype,
-                                 vae_model_name_or_path=cfg.pretrained_vae_model_name_or_path)
-            prepare_unet(pipe, accelerator.device, xformers=cfg.enable_xformers_memory_efficient_attention,
-                         gradient_checkpointing=cfg.gradient_checkpointing, vae_tiling=cfg.enable_vae_tiling)
+        try:
+            with timed(load_timing, "model_load", accelerator.device):
+                pipe = load_pipeline(cfg.pretrained_model_name_or_path, revision=cfg.revision, variant=cfg.variant,
+                                     weight_dtype=weight_dtype,
+                                     vae_model_name_or_path=cfg.pretrained_vae_model_name_or_path)
+                prepare_unet(pipe, accelerator.device, xformers=cfg.enable_xformers_memory_efficient_attention,
+                             gradient_checkpointing=cfg.gradient_checkpointing, vae_tiling=cfg.enable_vae_tiling)
+            check_with_model(cfg, pipe)
+        except ImagicInputError as e:
+            print(f"imagic_lora: error: {e}", file=sys.stderr)
+            return 2
         noise_scheduler = training_noise_scheduler(pipe)
         # A full fine-tune changes the base weights: keep a copy to restore between edits.
         base_state = ({k: v.detach().to("cpu", copy=True) for k, v in pipe.unet.state_dict().items()}
@@ -402,40 +520,45 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- 4. the edits: A, B, C, save each ----
         rows, interrupted = [], None
-        with accelerator.split_between_processes(jobs) as my_jobs:
-            for job in my_jobs:
-                job_cfg = job.config(cfg)
-                row = {"id": job.id, "input_image": job.input_image, "target_prompt": job.target_prompt,
-                       "output_dir": job_cfg.output_dir, "status": "ok", "error": None,
-                       "model_load_s": round(load_timing["model_load"], 3), "process": accelerator.process_index}
-                if many and is_complete(job_cfg.output_dir) and not cfg.overwrite:
-                    done = json.loads((Path(job_cfg.output_dir) / CONFIG_NAME).read_text())
-                    rows.append({**row, **summary_fields(done), "status": "skipped (complete)"})
-                    continue
-                try:
-                    if many:
-                        job_cfg.validate(check_image=True)
-                    record = edit(job_cfg, pipe, accelerator, noise_scheduler, stop)
-                    rows.append({**row, **summary_fields(record)})
-                except Interrupted as e:
-                    interrupted = e.signum
-                    rows.append({**row, "status": "interrupted", "error": "interrupted; rerun with --resume"})
-                    print(f"imagic_lora: interrupted; the checkpoint is saved: rerun the same command with --resume",
-                          file=sys.stderr)
-                    break
-                except Exception as e:  # one edit's failure is recorded; the run goes on
-                    if not many and not isinstance(e, (ImagicInputError, NonFiniteLossError,
-                                                       torch.cuda.OutOfMemoryError)):
-                        raise
-                    rows.append({**row, "status": "failed", "error": failure_message(e),
-                                 "input_error": isinstance(e, ImagicInputError)})
-                    print(f"imagic_lora: error: {job.id + ': ' if many else ''}{failure_message(e)}", file=sys.stderr)
-                finally:
-                    reset_unet(pipe, base_state, weight_dtype)
+        try:
+            with accelerator.split_between_processes(jobs) as my_jobs:
+                for job in my_jobs:
+                    job_cfg = job.config(cfg)
+                    row = {"id": job.id, "input_image": job.input_image, "target_prompt": job.target_prompt,
+                           "output_dir": job_cfg.output_dir, "status": "ok", "error": None,
+                           "model_load_s": round(load_timing["model_load"], 3),
+                           "process": accelerator.process_index}
+                    if job.id in skip:
+                        done = read_config(job_cfg.output_dir) or {}
+                        rows.append({**row, **summary_fields(done), "status": "skipped (complete)"})
+                        continue
+                    try:
+                        with FolderLock(job_cfg.output_dir) if many else contextlib.nullcontext():
+                            if many:  # checked only now: a bad image fails its own job
+                                check_image_file(job_cfg.input_image, flag="--input_image")
+                            record = edit(job_cfg, pipe, accelerator, noise_scheduler, stop)
+                        rows.append({**row, **summary_fields(record)})
+                    except Interrupted as e:
+                        interrupted = e.signum
+                        saved = (f"{e.saved} is saved: rerun the same command with --resume" if e.saved else
+                                 "nothing was saved yet (step A is not checkpointed until it ends)")
+                        rows.append({**row, "status": "interrupted", "error": f"interrupted; {saved}"})
+                        print(f"imagic_lora: interrupted{' in ' + job.id if many else ''}; {saved}", file=sys.stderr)
+                        break
+                    except Exception as e:  # one edit's failure is recorded; the run goes on
+                        if not many and not (isinstance(e, EXPECTED_FAILURES) or is_disk_full(e)):
+                            raise
+                        rows.append({**row, "status": "failed", "error": failure_message(e),
+                                     "input_error": isinstance(e, (ImagicInputError, OutputError))})
+                        print(f"imagic_lora: error: {job.id + ': ' if many else ''}{failure_message(e)}",
+                              file=sys.stderr)
+                    finally:
+                        reset_unet(pipe, base_state, weight_dtype)
+        finally:  # the summary is written whatever happened to the edits
+            if many:
+                rows = gather_rows(accelerator, cfg.output_dir, rows, [job.id for job in jobs])
 
         # ---- 5. report ----
-        if many:
-            rows = gather_rows(accelerator, cfg.output_dir, rows, [job.id for job in jobs])
         if accelerator.is_main_process:
             print_summary(cfg, rows, many)
         if interrupted:
@@ -443,6 +566,17 @@ def main(argv: list[str] | None = None) -> int:
         if not many and rows[0]["status"] == "failed" and rows[0].get("input_error"):
             return 2
         return 1 if any(row["status"] == "failed" for row in rows) else 0
+
+
+def check_with_model(cfg: ImagicConfig, pipe) -> None:
+    """What only the loaded model can tell, checked before step A: the LoRA's target modules exist."""
+    if cfg.full_finetune or cfg.lora_target_modules in LORA_TARGET_PRESETS:
+        return  # a preset's names are matched by whichever of them the architecture has
+    missing = unmatched_targets(pipe.unet, cfg.lora_target_module_list)
+    if missing:
+        raise ImagicInputError("--lora_target_modules", f"{', '.join(map(repr, missing))} names no module of this "
+                                                        "UNet; e.g. to_q, to_k, to_v, to_out.0, conv1, conv2, "
+                                                        "ff.net.2, or a preset: attn, attn_ff, attn_ff_conv")
 
 
 def summary_fields(record: dict) -> dict:
@@ -456,18 +590,28 @@ def summary_fields(record: dict) -> dict:
 
 
 def gather_rows(accelerator: Accelerator, output_dir: str, rows: list[dict], order: list[str]) -> list[dict]:
-    """Every process's rows, merged on the main process into summary.jsonl/.csv in job order."""
-    part = Path(output_dir) / f".summary.rank{accelerator.process_index}.json"
-    part.write_text(json.dumps(rows))
-    accelerator.wait_for_everyone()
+    """Every process's rows, merged on the main process into summary.jsonl/.csv in job order.
+
+    Each process leaves its rows in a file; the main process waits for the others' files rather than
+    at a collective, so processes whose shares take very different times (a rerun that skips one
+    half) do not run into the collective's timeout.
+    """
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f".summary.rank{accelerator.process_index}.json"
+    tmp = part.with_name(part.name + ".tmp")
+    tmp.write_text(json.dumps(rows))
+    os.replace(tmp, part)
     if not accelerator.is_main_process:
         return rows
     merged = []
     for rank in range(accelerator.num_processes):
-        path = Path(output_dir) / f".summary.rank{rank}.json"
+        path = folder / f".summary.rank{rank}.json"
+        while not path.is_file():
+            time.sleep(1.0)
         merged += json.loads(path.read_text())
         path.unlink()
-    merged.sort(key=lambda row: order.index(row["id"]))
+    merged = order_rows(merged, order)
     write_summary(output_dir, merged)
     return merged
 
@@ -506,6 +650,7 @@ def print_summary(cfg: ImagicConfig, rows: list[dict], many: bool) -> None:
 
 
 if __name__ == "__main__":
+    stop_with_launcher()
     status = main()
     # At exit the interpreter's last garbage collections walk every object torch, diffusers and
     # transformers created: about 1 s of a default edit on 2 CPU cores. Frozen, they are skipped (the

@@ -107,20 +107,20 @@ def test_bad_input_is_one_line_naming_the_flag(script, capsys, tiny_sd, input_pn
 def test_existing_artifact_is_kept_without_overwrite(script, capsys, tiny_sd, input_png, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "imagic_config.json").write_text(json.dumps({"mine": True}))
+    (out / "imagic_config.json").write_text(json.dumps({"format": "imagic-lora/1", "mine": True}))
     code, err = run_bad(script, capsys, tiny_sd, tmp=tmp_path, input_image=str(input_png))
     assert code == 2 and len(err) == 1 and "--overwrite" in err[0]
-    assert json.loads((out / "imagic_config.json").read_text()) == {"mine": True}
+    assert json.loads((out / "imagic_config.json").read_text()) == {"format": "imagic-lora/1", "mine": True}
 
 
-def test_overwrite_replaces_the_artifact_whole(tiny_sd, input_png, tmp_path):
+def test_overwrite_replaces_an_earlier_artifact_whole(tiny_sd, input_png, tmp_path):
     from test_cli import run_inprocess
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("old run")
-    assert run_inprocess(tiny_sd, input_png, out, "--overwrite", "--num_seeds", "1", "--etas", "0.5") == 0
-    assert not (out / "stale.txt").exists()
-    assert (out / "imagic_config.json").is_file()
+    assert run_inprocess(tiny_sd, input_png, out, "--num_seeds", "1", "--etas", "0.5") == 0
+    assert run_inprocess(tiny_sd, input_png, out, "--overwrite", "--num_seeds", "1", "--etas", "0.7") == 0
+    assert (out / "images" / "eta_0.70_seed_11.png").is_file()
+    assert not (out / "images" / "eta_0.50_seed_11.png").exists()
+    assert json.loads((out / "imagic_config.json").read_text())["etas"] == [0.7]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
