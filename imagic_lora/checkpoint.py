@@ -10,6 +10,7 @@ checkpoint intact.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -18,6 +19,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
 
 _TENSOR = "__tensor__"
 _ITEMS = "__items__"
@@ -103,6 +106,18 @@ class CheckpointStore:
 
     def load(self, name: str) -> dict:
         return load_checkpoint(self.path(name))
+
+    def load_intact(self, name: str) -> dict | None:
+        """The checkpoint ``name``, or None when it is missing or cannot be read whole (a torn or
+        corrupt file: said once, as a warning)."""
+        if not self.has(name):
+            return None
+        try:
+            return self.load(name)
+        except Exception as e:  # safetensors, JSON or file errors: this checkpoint is unusable
+            logger.warning("checkpoint %s is unreadable (%s: %s); not used", self.path(name), type(e).__name__,
+                           str(e).splitlines()[0] if str(e) else "")
+            return None
 
     def b_steps(self) -> list[int]:
         if not self.root.is_dir():

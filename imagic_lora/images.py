@@ -8,7 +8,9 @@ model's resolution with Lanczos. Images smaller than the resolution are upscaled
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -27,10 +29,16 @@ MAX_IMAGE_PIXELS = 150_000_000
 
 def _open(path: str | Path, flag: str, draft_size: int | None = None) -> Image.Image:
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as e:  # a name too long, or one this file system cannot encode
+        raise ImagicInputError(flag, f"{ascii(str(path))} is not a usable file name ({e})") from None
+    if not exists:
         raise ImagicInputError(flag, f"{path} does not exist")
     if path.is_dir():
         raise ImagicInputError(flag, f"{path} is a folder, not an image file")
+    if not path.is_file():  # a FIFO or a device would block the read or never end
+        raise ImagicInputError(flag, f"{path} is not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
@@ -98,6 +106,34 @@ def square_resize(image: Image.Image, resolution: int, resize_mode: str = "cente
     if image.size != (resolution, resolution):
         image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
     return image
+
+
+def save_image(image: Image.Image, path: str | Path) -> None:
+    """Write a PNG whole or not at all: to a hidden temporary name beside it, then renamed, so a kill
+    mid-write never leaves a torn image under the real name."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def is_readable_image(path: str | Path) -> bool:
+    """The file exists and decodes whole."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes: what "the same input image" means for a resume or a rerun."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -42,6 +42,13 @@ def add_lora(unet, *, rank: int, alpha: float, target_modules: list[str], seed: 
     return params
 
 
+def unmatched_targets(unet, target_modules: list[str]) -> list[str]:
+    """The entries of ``target_modules`` that name no module of ``unet`` (peft matches a module whose
+    name is the entry or ends with "." + the entry)."""
+    names = [name for name, _ in unet.named_modules()]
+    return [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+
+
 @contextmanager
 def fused_lora(pipe):
     """Within: the UNet's LoRA merged into the weights it adapts (diffusers' ``fuse_lora``), so that

@@ -8,6 +8,7 @@ checkpoint's ``model_index.json``, so nothing downstream guesses.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -85,15 +86,36 @@ def load_pipeline(pretrained_model_name_or_path: str, *, revision: str | None = 
     """
     family = model_family(pretrained_model_name_or_path, revision)
     pipeline_class = FAMILIES[family]
-    kwargs = {"revision": revision, "variant": variant, "dtype": weight_dtype}
+    # safetensors only: a folder of .bin weights would be unpickled (torch.load), which can run code.
+    kwargs = {"revision": revision, "variant": variant, "dtype": weight_dtype, "use_safetensors": True}
     if family == "sd":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if vae_model_name_or_path:
-        kwargs["vae"] = AutoencoderKL.from_pretrained(vae_model_name_or_path, dtype=vae_dtype or weight_dtype)
-    pipe = pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        with _safetensors_only("--pretrained_vae_model_name_or_path", vae_model_name_or_path):
+            kwargs["vae"] = AutoencoderKL.from_pretrained(vae_model_name_or_path, dtype=vae_dtype or weight_dtype,
+                                                          use_safetensors=True)
+    with _safetensors_only("--pretrained_model_name_or_path", pretrained_model_name_or_path):
+        pipe = pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
     if vae_dtype is None and family == "sdxl" and weight_dtype == torch.float16 and not vae_model_name_or_path:
         vae_dtype = torch.float32
     return freeze(pipe, vae_dtype)
+
+
+@contextmanager
+def _safetensors_only(flag: str, name: str):
+    """diffusers' error for a checkpoint without .safetensors weights, as one line naming the flag."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        if "safetensors" not in str(e):
+            raise
+        raise ImagicInputError(flag, f"{name} has no .safetensors weights for every component; imagic-lora loads "
+                                     "no pickled (.bin/.ckpt) weights: convert them to safetensors first") from None
+
+
+def scheduler_config(pretrained_model_name_or_path: str, revision: str | None = None) -> dict:
+    """The base model's scheduler config (its training schedule): cheap, no weights."""
+    return dict(DDPMScheduler.load_config(pretrained_model_name_or_path, subfolder="scheduler", revision=revision))
 
 
 def freeze(pipe, vae_dtype: torch.dtype | None = None):

@@ -127,11 +127,11 @@ def test_a_checkpoint_from_before_a_new_flag_resumes_at_that_flags_default(tmp_p
 
     script = load_script()
     store = CheckpointStore(tmp_path / "checkpoints", 2)
-    script.check_resumable(store, ImagicConfig())
+    script.check_resumable(store, ImagicConfig(), "0" * 64)
     run_file = store.root / "run.json"
     old = {k: v for k, v in json.loads(run_file.read_text()).items() if not k.startswith("timestep_bias")}
     run_file.write_text(json.dumps(old))
-    script.check_resumable(store, ImagicConfig())
+    script.check_resumable(store, ImagicConfig(), "0" * 64)
     run_file.write_text(json.dumps(old))
     with pytest.raises(ImagicInputError, match="--timestep_bias_strategy"):
-        script.check_resumable(store, ImagicConfig(timestep_bias_strategy="later", timestep_bias_multiplier=3))
+        script.check_resumable(store, ImagicConfig(timestep_bias_strategy="later", timestep_bias_multiplier=3), "0" * 64)
