@@ -67,7 +67,18 @@ class ImagicEdit:
 
     @property
     def recommended_eta(self) -> float:
-        return float(self.config.get("recommended_eta", 0.7))
+        """The eta of the edit the run picked (else --recommended_eta): its images/edit.png."""
+        return recommended(self.config)[0]
+
+    @property
+    def recommended_seed(self) -> int:
+        """The seed of the edit the run picked (else the run's first seed)."""
+        return recommended(self.config)[1]
+
+    @property
+    def picked(self) -> dict | None:
+        """The run's automatic pick: its eta, seed, scores and ranking (None when the pick was off)."""
+        return self.config.get("picked")
 
     def embeds(self, eta: float) -> PromptEmbeds:
         """ē = η·e_tgt + (1−η)·e_opt."""
@@ -89,13 +100,15 @@ def read_edit(folder: str | os.PathLike) -> ImagicEdit:
         raise ValueError(f"{config_path} is not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{config_path} is not a JSON object")
-    tensors = load_file(embeds_path)
+    tensors = _load_tensors(embeds_path)
     try:
         e_tgt, e_opt = (PromptEmbeds.from_state_dict(tensors, "target"),
                         PromptEmbeds.from_state_dict(tensors, "optimized"))
     except KeyError as e:
         raise ValueError(f"{embeds_path} lacks the tensor {e}") from None
     for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"{embeds_path}: {name} is {tensor.dtype}, not a floating-point embedding")
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{embeds_path}: {name} holds NaN or infinite values")
     for kind, ndim in (("prompt_embeds", 3), ("pooled_prompt_embeds", 2)):
@@ -110,9 +123,17 @@ def read_edit(folder: str | os.PathLike) -> ImagicEdit:
     return ImagicEdit(e_tgt, e_opt, config)
 
 
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a torn or corrupt file is a one-line ValueError naming it."""
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error type for a file it cannot parse
+        raise ValueError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
+
+
 def check_finite_file(path: Path) -> None:
     """Refuse a safetensors file holding NaN or infinite values (a diverged training's weights)."""
-    for name, tensor in load_file(path).items():
+    for name, tensor in _load_tensors(path).items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ValueError(f"{path}: {name} holds NaN or infinite values")
 
@@ -166,8 +187,7 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 MODEL_CARD = """---
-base_model: {base_model}
-library_name: diffusers
+{front_matter}library_name: diffusers
 tags:
 - imagic
 - lora
@@ -177,16 +197,15 @@ tags:
 
 # Imagic-LoRA edit: "{target_prompt}"
 
-An [Imagic](https://arxiv.org/abs/2210.09276) edit of one image, made with
-[imagic-lora](https://github.com/imagic-lora/imagic-lora): a {kind} fine-tuned on the input
-image, plus the two text embeddings Imagic interpolates between.
+An [Imagic](https://arxiv.org/abs/2210.09276) edit of one image, made with imagic-lora: a {kind}
+fine-tuned on the input image, plus the two text embeddings Imagic interpolates between.
 
 | file | what |
 |---|---|
 {files}
 
 Interpolate `e = eta * target + (1 - eta) * optimized`: eta = 0 gives the input image back,
-the edit appears as eta grows (recommended: **{recommended_eta}**), eta > 1 extrapolates.{picked_line}
+the edit appears as eta grows, eta > 1 extrapolates.{picked_line}
 
 ## Use it with a stock diffusers pipeline
 
@@ -194,12 +213,12 @@ the edit appears as eta grows (recommended: **{recommended_eta}**), eta > 1 extr
 import torch
 from diffusers import {pipeline_class}, {scheduler_class}
 from safetensors.torch import load_file
-
-pipe = {pipeline_class}.from_pretrained("{base_model}"{load_kwargs}){to_device}
+{base_import}
+pipe = {pipeline_class}.from_pretrained({base_model_arg}{load_kwargs}){to_device}
 pipe.scheduler = {scheduler_class}.from_config(pipe.scheduler.config)
 {load_weights}
 embeds = load_file("{artifact}/imagic_embeds.safetensors")
-eta = {recommended_eta}
+eta = {eta}
 mix = lambda name: eta * embeds["target_" + name] + (1 - eta) * embeds["optimized_" + name]
 image = pipe({call_embeds}, guidance_scale={guidance_scale},
              num_inference_steps={num_inference_steps},
@@ -207,16 +226,25 @@ image = pipe({call_embeds}, guidance_scale={guidance_scale},
 image.save("edit.png")
 ```
 
-This reproduces `images/eta_{recommended_eta_2f}_seed_{seed}.png` when the same eta and seed are in its sweep{exactness}.
+This reproduces `images/{reproduces}`{exactness}.
 Or with the library: `imagic_lora.load_edit(pipe, "{artifact}")`.
 
 ## How it was made
 
-- base model: `{base_model}` (revision `{revision}`)
+- base model: {base_model_text} (revision `{revision}`)
+- preset: {preset}
 - step A (embedding): {emb_train_steps} steps, lr {emb_learning_rate}
 - step B ({kind}): {max_train_steps} steps, lr {learning_rate}{lora_line}
 - wall time: A {time_a:.1f} s, B {time_b:.1f} s, C {time_c:.1f} s on {device}
 """
+
+
+def recommended(config: dict) -> tuple[float, int]:
+    """The (eta, seed) an artifact recommends: the run's pick, else --recommended_eta at the first seed."""
+    picked = config.get("picked")
+    if picked:
+        return float(picked["eta"]), int(picked["seed"])
+    return float(config.get("recommended_eta", 0.7)), int(config.get("seed", 0))
 
 
 def _exactness(config: dict) -> str:
@@ -250,11 +278,23 @@ def write_model_card(folder: Path, config: dict) -> None:
     if sdxl:
         call += ', pooled_prompt_embeds=mix("pooled_prompt_embeds")'
     timings = config.get("wall_time_s", {})
+    base = config.get("base_model", config["pretrained_model_name_or_path"])
+    bundled = base == "imagic_lora/bundled/shapes-sd"
+    hub_id = not bundled and not Path(base).is_absolute() and base.count("/") == 1 and not Path(base).exists()
+    eta, seed = recommended(config)
+    picked = config.get("picked")
+    reproduces = "edit.png`, the run's pick" if picked else f"eta_{eta:.2f}_seed_{seed}.png`"
     text = MODEL_CARD.format(
-        base_model=config["pretrained_model_name_or_path"], family_tag="sdxl" if sdxl else "stable-diffusion",
+        front_matter=f"base_model: {base}\n" if hub_id else "",
+        base_import="from imagic_lora.config import BUNDLED_MODEL  # the model that comes with imagic-lora\n"
+        if bundled else "",
+        base_model_arg="BUNDLED_MODEL" if bundled else f'"{base}"',
+        base_model_text="the shapes-world model bundled with imagic-lora (`imagic_lora/bundled/shapes-sd`)"
+        if bundled else f"`{base}`",
+        family_tag="sdxl" if sdxl else "stable-diffusion",
         target_prompt=config["target_prompt"], kind="full UNet" if full else "LoRA adapter",
         files="\n".join(f"| `{name}` | {what} |" for name, what in files),
-        recommended_eta=config["recommended_eta"], recommended_eta_2f=f"{config['recommended_eta']:.2f}",
+        eta=eta, reproduces=reproduces, preset=config.get("preset") or "shapes",
         pipeline_class=config["pipeline_class"], scheduler_class=config["scheduler_class"],
         # The dtype the run's frozen weights had: the one that reproduces its images. Without it a
         # checkpoint saved in fp16 (the bundled model) loads in fp16, which a CPU cannot run with the
@@ -264,7 +304,7 @@ def write_model_card(folder: Path, config: dict) -> None:
         to_device="" if config.get("device_type", "cpu") == "cpu" else f'.to("{config["device_type"]}")',
         load_weights=load_weights,
         artifact=config["artifact_name"], call_embeds=call, guidance_scale=config["guidance_scale"],
-        num_inference_steps=config["num_inference_steps"], seed=config["seed"], revision=config["revision"],
+        num_inference_steps=config["num_inference_steps"], seed=seed, revision=config["revision"],
         emb_train_steps=config["emb_train_steps"], emb_learning_rate=config["emb_learning_rate"],
         max_train_steps=config["max_train_steps"], learning_rate=config["learning_rate"],
         lora_line="" if full else f", rank {config['rank']}, alpha {config['lora_alpha_used']}, "
@@ -272,7 +312,18 @@ def write_model_card(folder: Path, config: dict) -> None:
         exactness=_exactness(config),
         time_a=timings.get("A", 0.0), time_b=timings.get("B", 0.0), time_c=timings.get("C", 0.0),
         device=config.get("device", "?"),
-        picked_line=(f"\nThe run picked eta {config['picked']['eta']}, seed {config['picked']['seed']} as the edit "
-                     "(`images/edit.png`), by the model's own scores (`picked` in `imagic_config.json`)."
-                     if config.get("picked") else ""))
+        picked_line=_picked_line(config))
     (folder / "README.md").write_text(text)
+
+
+def _picked_line(config: dict) -> str:
+    picked = config.get("picked")
+    if not picked:
+        return f" The artifact recommends eta {config.get('recommended_eta')}."
+    line = (f"\n\nThe run picked eta {picked['eta']}, seed {picked['seed']} as the edit (`images/edit.png`), by "
+            "the model's own scores; it is the artifact's recommendation (`picked` in `imagic_config.json`).")
+    if picked.get("calibrated") is False:
+        line += (" The pick's thresholds were tuned on the bundled shapes model only: on this model it is a "
+                 "suggestion. `picked.ranking` lists every image in the order the rule prefers them; look at "
+                 "`images/grid.png`.")
+    return line

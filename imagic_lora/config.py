@@ -40,131 +40,150 @@ SCHEDULERS = ("ddim", "dpmsolver++", "euler", "euler_a", "pndm", "model")
 MAX_ETA = 10.0  # |eta| beyond this is no edit, and its image name would not be a sane file name
 MAX_SEED = 2 ** 63 - 1
 MAX_RESOLUTION = 2048  # twice SDXL's native side; an absurd value would otherwise try to allocate it
+MAX_RANK = 1024  # a LoRA is low-rank: SD's widest layers have 1280 (2560 inputs) features
 
 
-def _field(default, help: str, **kwargs):
-    """A dataclass field whose metadata carries the flag's help text (and argparse extras)."""
+def _field(default, help: str, group: str, **kwargs):
+    """A dataclass field whose metadata carries the flag's help text, its group in ``--help`` and
+    argparse extras. A default of None on a preset setting means: the model's preset decides."""
+    metadata = {"help": help, "group": group, **kwargs}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
-    return field(default=default, metadata={"help": help, **kwargs})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+#: The groups of ``--help``, in order, as the README's table has them.
+GROUPS = {
+    "model": "the base model",
+    "input": "input",
+    "output": "output",
+    "A": "step A: optimise the text embedding",
+    "B": "step B: fine-tune a LoRA",
+    "memory": "precision and memory",
+    "C": "step C: draw the edit",
+    "pick": "the automatic pick",
+}
 
 
 @dataclass
 class ImagicConfig:
     # --- model -------------------------------------------------------------------------
     pretrained_model_name_or_path: str = _field(
-        str(BUNDLED_MODEL), "Base model: a hub id or a local diffusers folder (SD 1.x/2.x/XL). "
-        "Default: the bundled shapes-world model.")
-    revision: str | None = _field(None, "Git revision of the base model on the hub.")
-    variant: str | None = _field(None, "Weights variant of the base model, e.g. fp16.")
+        str(BUNDLED_MODEL), "Base model: a hub id or a local diffusers folder (SD 1.x/2.x/XL); the bundled "
+        "shapes-world model when not given.", "model")
+    revision: str | None = _field(None, "Git revision of the base model on the hub.", "model")
+    variant: str | None = _field(None, "Weights variant of the base model, e.g. fp16.", "model")
     pretrained_vae_model_name_or_path: str | None = _field(
-        None, "Optional replacement VAE (hub id or folder), e.g. an fp16-safe SDXL VAE.")
+        None, "Optional replacement VAE (hub id or folder), e.g. an fp16-safe SDXL VAE.", "model")
+    preset: str | None = _field(
+        None, "Defaults for the model family: shapes, sd1, sd2, sd2-v or sdxl; read from the model when not "
+        "given. A flag you give overrides its value.", "model", choices=(None, "shapes", "sd1", "sd2", "sd2-v", "sdxl"))
     # --- input -------------------------------------------------------------------------
     input_image: str | None = _field(
-        None, "The image to edit (PNG/JPEG/WebP...). Default: a bundled example photo.")
+        None, "The image to edit (PNG/JPEG/WebP...); a bundled example photo when not given.", "input")
     target_prompt: str | None = _field(
-        None, "The edit, written as a description of the wanted image. Default: the example's edit.")
+        None, "The edit, written as a description of the wanted image; the example's edit when not given.", "input")
     manifest: str | None = _field(
-        None, "Many edits: a JSON Lines file of {id, image, target_prompt, optional overrides}.")
-    tedbench: str | None = _field(None, "Many edits: a TEdBench folder (input_list.json with img_name, target_text).")
+        None, "Many edits: a JSON Lines file of {id, image, target_prompt, optional overrides}.", "input")
+    tedbench: str | None = _field(
+        None, "Many edits: a TEdBench folder (input_list.json with img_name, target_text).", "input")
     resolution: int | None = _field(
-        None, "Square side the image is resized to; default: the model's native resolution.")
+        None, "Square side the image is resized to; the model's native resolution when not given.", "input")
     resize_mode: str = _field(
-        "center_crop", "How a non-square image becomes square: center_crop (keeps aspect) or stretch.",
+        "center_crop", "How a non-square image becomes square: center_crop (keeps aspect) or stretch.", "input",
         choices=("center_crop", "stretch"))
     # --- output ------------------------------------------------------------------------
-    output_dir: str = _field("imagic-output", "Folder for the images and the edit artifact.")
-    overwrite: bool = _field(False, "Replace an existing artifact in --output_dir (manifest: redo finished jobs).")
-    resume: bool = _field(False, "Continue an interrupted run from its last checkpoint.")
-    checkpointing_steps: int = _field(50, "Step B: save a resumable checkpoint every this many steps (0: never).")
-    checkpoints_total_limit: int = _field(2, "Keep at most this many step-B checkpoints.")
+    output_dir: str = _field("imagic-output", "Folder for the images and the edit artifact.", "output")
+    overwrite: bool = _field(
+        False, "Replace an earlier imagic-lora artifact in --output_dir (manifest: redo finished jobs).", "output")
+    resume: bool = _field(False, "Continue an interrupted run from its last checkpoint.", "output")
+    dry_run: bool = _field(
+        False, "Print the plan (preset, precision, memory, work) and every resolved setting, then exit.", "output")
+    checkpointing_steps: int = _field(
+        50, "Step B: save a resumable checkpoint every this many steps (0: never).", "output")
+    checkpoints_total_limit: int = _field(2, "Keep at most this many step-B checkpoints.", "output")
     output_kohya_format: bool = _field(
-        True, "Also write a kohya-format LoRA (AUTOMATIC1111, ComfyUI).")
-    report_to: str | None = _field(None, "Log losses to this tracker (tensorboard).",
+        True, "Also write a kohya-format LoRA (AUTOMATIC1111, ComfyUI).", "output")
+    report_to: str | None = _field(None, "Log losses to this tracker (tensorboard).", "output",
                                    choices=(None, "tensorboard"))
-    seed: int = _field(0, "Seed of every random draw (timesteps, noise, LoRA init, sampling).")
-    # --- A: embedding optimisation -------------------------------------------------------
-    # Adam moves each element by at most about lr per step: 300 x 1e-2 gives e_opt the same reach as
-    # the paper's 1000 x 2e-3 in a third of the steps. Fewer (100 x 2e-3) leaves e_opt next to e_tgt,
-    # step B then binds the image to the target text too, and no eta edits (docs/shapes_benchmark.md).
-    emb_train_steps: int = _field(
-        300, "Step A: Adam steps on the text embedding (paper: 1000 at 2e-3 on SD).")
-    emb_learning_rate: float = _field(1e-2, "Step A: learning rate of the embedding (paper: 2e-3).")
+    seed: int = _field(0, "Seed of every random draw (timesteps, noise, LoRA init, sampling).", "output")
+    # --- A: embedding optimisation (preset values: imagic_lora/presets.py) ---------------
+    emb_train_steps: int | None = _field(
+        None, "Step A: Adam steps on the text embedding (paper: 1000 at 2e-3 on SD).", "A")
+    emb_learning_rate: float | None = _field(None, "Step A: learning rate of the embedding.", "A")
     emb_train_batch_size: int | None = _field(
-        None, "Step A: noise draws (timesteps) per step; default: --train_batch_size.")
+        None, "Step A: noise draws (timesteps) per step; --train_batch_size when not given.", "A")
     freeze_pooled_embeds: bool = _field(
-        False, "Step A, SDXL: keep the pooled text embedding at the target's (optimise the sequence only).")
+        False, "Step A, SDXL: keep the pooled text embedding at the target's (optimise the sequence only).", "A")
     # --- B: fine-tuning ----------------------------------------------------------------
-    max_train_steps: int = _field(
-        200, "Step B: fine-tuning steps (paper: 1500 of the full UNet; LoRA needs far fewer).")
-    learning_rate: float = _field(1e-3, "Step B: learning rate of the LoRA (or UNet) weights.")
-    train_batch_size: int = _field(
-        4, "Noise draws (timesteps) of the one input image per optimisation step, in B (and in A unless "
-           "--emb_train_batch_size is given).")
+    max_train_steps: int | None = _field(
+        None, "Step B: fine-tuning steps (paper: 1500 of the full UNet; a LoRA needs far fewer).", "B")
+    learning_rate: float | None = _field(None, "Step B: learning rate of the LoRA (or UNet) weights.", "B")
+    train_batch_size: int | None = _field(
+        None, "Noise draws (timesteps) of the one input image per optimisation step, in B (and in A unless "
+        "--emb_train_batch_size is given).", "B")
+    max_grad_norm: float | None = _field(
+        None, "Step B: clip the gradient norm to this (0: no clipping).", "B")
     gradient_accumulation_steps: int = _field(
-        1, "Accumulate gradients over this many batches per step (saves memory).")
+        1, "Accumulate gradients over this many batches per step (saves memory).", "B")
     timestep_bias_strategy: str = _field(
         "none", "Step B: sample training timesteps with a bias: later (noisier: the layout), earlier, range, none.",
-        choices=("none", "later", "earlier", "range"))
+        "B", choices=("none", "later", "earlier", "range"))
     timestep_bias_multiplier: float = _field(
-        1.0, "Step B: weight of the biased timesteps relative to the others (1: no bias).")
+        1.0, "Step B: weight of the biased timesteps relative to the others (1: no bias).", "B")
     timestep_bias_portion: float = _field(
-        0.25, "Step B: fraction of the schedule biased by the later/earlier strategies.")
-    timestep_bias_begin: int = _field(0, "Step B, range strategy: first biased timestep.")
-    timestep_bias_end: int = _field(1000, "Step B, range strategy: biased timesteps end before this one.")
-    rank: int = _field(8, "LoRA rank.")
-    lora_alpha: float | None = _field(None, "LoRA alpha (scale = alpha / rank); default: the rank.")
-    # Attention-only LoRA cannot pin where things are (the layout lives in the ResNet convolutions):
-    # on the shapes benchmark it kept the object in place in under 20% of edits, attn_ff_conv in 80-90%.
-    lora_target_modules: str = _field(
-        "attn_ff_conv", "LoRA targets: a preset (attn, attn_ff, attn_ff_conv) or a comma list of module names.")
+        0.25, "Step B: fraction of the schedule biased by the later/earlier strategies.", "B")
+    timestep_bias_begin: int = _field(0, "Step B, range strategy: first biased timestep.", "B")
+    timestep_bias_end: int = _field(1000, "Step B, range strategy: biased timesteps end before this one.", "B")
+    rank: int | None = _field(None, "LoRA rank.", "B")
+    lora_alpha: float | None = _field(None, "LoRA alpha (scale = alpha / rank); the rank when not given.", "B")
+    # Attention-only LoRA cannot pin where things are: the layout lives in the ResNet convolutions.
+    lora_target_modules: str | None = _field(
+        None, "LoRA targets: a preset (attn, attn_ff, attn_ff_conv) or a comma list of module names.", "B")
     full_finetune: bool = _field(
-        False, "Step B as in the paper: train every UNet weight (the quality/cost reference).")
-    use_8bit_adam: bool = _field(True, "Step B optimiser: bitsandbytes AdamW8bit (else torch AdamW).")
-    adam_weight_decay: float = _field(1e-2, "Step B: AdamW weight decay.")
+        False, "Step B as in the paper: train every UNet weight (the quality and cost reference).", "B")
+    use_8bit_adam: bool = _field(True, "Step B optimiser: bitsandbytes AdamW8bit (else torch AdamW).", "B")
+    adam_weight_decay: float = _field(1e-2, "Step B: AdamW weight decay.", "B")
+    # --- precision and memory ------------------------------------------------------------
     mixed_precision: str | None = _field(
-        None, "no, fp16 or bf16; default: the accelerate config's.", choices=(None, "no", "fp16", "bf16"))
-    gradient_checkpointing: bool = _field(
-        False, "Recompute UNet activations in the backward pass (less memory, ~30% slower).")
+        None, "no, fp16 or bf16; when not given: the accelerate config's, else bf16 on a GPU that has it (fp16 on "
+        "one that has not), else no.", "memory", choices=(None, "no", "fp16", "bf16"))
+    gradient_checkpointing: bool | None = _field(
+        None, "Recompute UNet activations in the backward pass (less memory, about a third slower); when not "
+        "given: on where the plan's estimated peak would not fit the GPU's free memory.", "memory")
     enable_xformers_memory_efficient_attention: bool = _field(
-        False, "Use xformers attention (pip install xformers); default: PyTorch SDPA.")
-    allow_tf32: bool = _field(False, "Allow TF32 matmuls on Ampere+ GPUs (faster, tiny precision loss).")
+        False, "Use xformers attention (pip install xformers); PyTorch SDPA when not given.", "memory")
+    allow_tf32: bool | None = _field(
+        None, "TF32 matmuls on Ampere and newer GPUs (faster, tiny precision loss); on by default on a GPU.", "memory")
     enable_vae_tiling: bool = _field(
-        False, "Encode/decode with VAE tiling and slicing (less memory at 1024 px, e.g. SDXL).")
+        False, "Encode and decode with VAE tiling and slicing (less memory at 1024 px, e.g. SDXL).", "memory")
     # --- C: generation -----------------------------------------------------------------
-    # The default draws 8 seeds at two etas (and eta 0, the input back, per seed) rather than a few seeds
-    # at many etas: the automatic pick does better choosing among more seeds. On 48 tuning cases it picked
-    # an edit in place in 76% of cases among 4 seeds x eta 0.8, 1.0, 83% among 8, 85% among 12; on the
-    # benchmark 88% among 8 (docs/shapes_benchmark.md). 12 seeds would add about 3 s on 2 CPU cores for
-    # about 1 point. Pass --etas 0.6 0.7 0.8 0.9 for a finer sweep.
-    etas: list[float] = _field(
-        [0.0, 0.8, 1.0],
-        "Interpolation weights eta of the target embedding (0 = the input back; >1 extrapolates).",
+    etas: list[float] | None = _field(
+        None, "Interpolation weights eta of the target embedding (0 = the input back; >1 extrapolates).", "C",
         nargs="+")
-    recommended_eta: float = _field(
-        0.8, "The eta the artifact recommends to users of the edit (recorded in its config).")
-    num_seeds: int = _field(8, "Images per eta: seeds seed, seed+1, ...")
+    recommended_eta: float | None = _field(
+        None, "The eta the artifact recommends when the pick is off (recorded in its config).", "C")
+    num_seeds: int | None = _field(None, "Images per eta: seeds seed, seed+1, ...", "C")
+    # Batched is about twice as fast on a CPU; SDXL at 1024 px decodes in fp32, so one at a time.
+    sample_batch_size: int | None = _field(
+        None, "Step C: images per pipeline call; 8 up to 256 px, else 4 (SDXL: 1) when not given. 1 uses the least "
+        "memory and makes each image bit-identical to a one-image stock pipeline call (LoRA fused; fp32).", "C")
+    guidance_scale: float | None = _field(None, "Classifier-free guidance scale for the edited images.", "C")
+    num_inference_steps: int | None = _field(None, "Denoising steps per edited image.", "C")
+    scheduler: str | None = _field(
+        None, "Sampler for the images: ddim, dpmsolver++, euler, euler_a, pndm, or model (the base's own).", "C",
+        choices=(None,) + SCHEDULERS)
+    # --- the automatic pick ----------------------------------------------------------------
     pick_edit: bool = _field(
-        True, "Pick one image (eta > 0) as the edit, images/edit.png, by the model's own scores (base model, "
-              "e_tgt against e_opt) and edge structure: if an image that kept the input's layout scores above "
-              "the input, the pick is among those (--pick_place_distance); otherwise among all, of the ones the "
-              "target text explains clearly better than the input, the one whose edges lie nearest the input's.")
+        True, "Pick one image (eta > 0) as the edit, images/edit.png, by the model's own scores (base model, e_tgt "
+              "against e_opt) and edge structure (docs/pick.md).", "pick")
     pick_place_distance: float = _field(
         0.25, "The pick, step 1: candidates whose edge structure lies within this distance of the input's "
               "(1 - correlation of blurred edge maps, in [0, 2]) kept its layout; when one of them beats the "
-              "input's text score, the pick is made among them alone (0 turns this step off).")
+              "input's text score, the pick is made among them alone (0 turns this step off).", "pick")
     pick_keep_fraction: float = _field(
         0.6, "The pick, step 2 (when step 1 does not decide): a candidate counts as edited when its text score "
-             "lies at least this fraction of the way from the input's score to the best, in (0, 1].")
-    # Batched is about twice as fast on a CPU; SDXL at 1024 px decodes in fp32 by default, so one at a time.
-    sample_batch_size: int | None = _field(
-        None, "Step C: images per pipeline call; default 8 up to 256 px, else 4 (SDXL: 1). 1 uses the least "
-              "memory and makes each image bit-identical to a one-image stock pipeline call (LoRA fused; fp32).")
-    guidance_scale: float = _field(3.0, "Classifier-free guidance scale for the edited images.")
-    num_inference_steps: int = _field(25, "Denoising steps per edited image.")
-    scheduler: str = _field(
-        "ddim", "Sampler for the images: ddim, dpmsolver++, euler, euler_a, pndm, or model (the base's own).",
-        choices=SCHEDULERS)
+             "lies at least this fraction of the way from the input's score to the best, in (0, 1].", "pick")
 
     # ----------------------------------------------------------------------------------
     @property
@@ -173,6 +192,8 @@ class ImagicConfig:
 
     @property
     def lora_target_module_list(self) -> list[str]:
+        if self.lora_target_modules is None:
+            return []
         if self.lora_target_modules in LORA_TARGET_PRESETS:
             return list(LORA_TARGET_PRESETS[self.lora_target_modules])
         return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
@@ -191,7 +212,11 @@ class ImagicConfig:
         ``check_image=False`` leaves the image to the job (a manifest's bad image fails its job only).
         """
         from .images import check_image_file  # local: keeps `--help` free of PIL imports
+        from .presets import PRESET_FIELDS
 
+        unresolved = [name for name in PRESET_FIELDS if getattr(self, name) is None]
+        if unresolved:
+            raise ValueError(f"{', '.join(unresolved)} not set: resolve the config first (ImagicConfig.resolved())")
         if self.manifest and self.tedbench:
             raise ImagicInputError("--manifest", "cannot be combined with --tedbench; give one job list")
         for f in dataclasses.fields(self):  # choices hold for a manifest's values as for the flags
@@ -236,12 +261,15 @@ class ImagicConfig:
         # A: seed, B: seed + 1, the pick: seed + 2, C: seed .. seed + num_seeds - 1; every one a 63-bit seed.
         last_seed = self.seed + max(self.num_seeds, 3) - 1
         if self.seed < 0 or last_seed > MAX_SEED:
+            shown = self.seed if abs(self.seed) < 10 ** 20 else f"{self.seed:.3g}"
             raise ImagicInputError("--seed", f"must be in 0..{MAX_SEED - max(self.num_seeds, 3) + 1} (the run also "
-                                             f"uses the next seeds), got {self.seed}")
+                                             f"uses the next seeds), got {shown}")
         for name in ("emb_learning_rate", "learning_rate"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ImagicInputError(f"--{name}", f"must be a positive number, got {value}")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise ImagicInputError("--max_grad_norm", f"must be >= 0 (0: no clipping), got {self.max_grad_norm}")
         if not (math.isfinite(self.timestep_bias_multiplier) and self.timestep_bias_multiplier > 0):
             raise ImagicInputError("--timestep_bias_multiplier", f"must be a positive number, got "
                                                                  f"{self.timestep_bias_multiplier}")
@@ -262,6 +290,8 @@ class ImagicConfig:
             raise ImagicInputError("--lora_alpha", f"must be a positive number, got {self.lora_alpha}")
         if not self.lora_target_module_list:
             raise ImagicInputError("--lora_target_modules", "names no module")
+        if self.rank > MAX_RANK:
+            raise ImagicInputError("--rank", f"must be at most {MAX_RANK}, got {self.rank}")
         if self.resolution is not None and not (8 <= self.resolution <= MAX_RESOLUTION and self.resolution % 8 == 0):
             raise ImagicInputError("--resolution", f"must be a multiple of 8 from 8 to {MAX_RESOLUTION}, got "
                                                    f"{self.resolution}")
@@ -291,6 +321,13 @@ class ImagicConfig:
             raise ImagicInputError("--output_dir", str(e)) from None
         return self
 
+    def resolved(self, preset: str | None = None) -> "ImagicConfig":
+        """This config with a preset filling every setting left unset: ``preset``, else ``--preset``, else
+        the one the model's config files call for (:func:`imagic_lora.presets.detect_preset`)."""
+        from .presets import apply_preset, detect_preset
+        name = preset or self.preset or detect_preset(self.pretrained_model_name_or_path, self.revision)
+        return apply_preset(self, name)
+
     def settings(self, ignore: frozenset[str] | set[str], input_sha256: str | None = None) -> dict:
         """What this config computes, as JSON values: every field not in ``ignore``, the base model
         as a resolved folder or a hub id, and the input image by content (``input_sha256``)."""
@@ -305,25 +342,37 @@ class ImagicConfig:
         return dataclasses.asdict(self)
 
 
-#: Settings that do not change what an edit computes: a checkpoint made under other values resumes
-#: (sample_batch_size: only the rounding of step C's images; the pick is redone from every image;
-#: output_dir and input_image: the folder is the same one, the image is compared by content).
-RESUMABLE_DIFFERENCES = frozenset({
+#: Memory and speed levers that change an edit's numbers by rounding at most: neither a resume nor a
+#: manifest's rerun is refused for them (an out-of-memory message suggests them).
+ROUNDING_ONLY = frozenset({"gradient_checkpointing", "enable_xformers_memory_efficient_attention", "allow_tf32",
+                           "enable_vae_tiling", "sample_batch_size"})
+#: Settings that do not change a finished artifact: a manifest's rerun skips a finished job despite them
+#: (output_dir and input_image: the folder is the same one, the image is compared by content; preset: its
+#: values are compared, not its name).
+ARTIFACT_DIFFERENCES = ROUNDING_ONLY | {
     "overwrite", "resume", "checkpointing_steps", "checkpoints_total_limit", "report_to", "manifest", "tedbench",
-    "sample_batch_size", "pick_keep_fraction", "pick_place_distance", "output_dir", "input_image"})
-#: Settings that do not change a finished artifact: a manifest's rerun skips a finished job despite them.
-ARTIFACT_DIFFERENCES = frozenset({
-    "overwrite", "resume", "checkpointing_steps", "checkpoints_total_limit", "report_to", "manifest", "tedbench",
-    "output_dir", "input_image"})
+    "output_dir", "input_image", "dry_run", "preset"}
+#: Settings that change only step C and the pick, which a resume redoes from the checkpoint of step B.
+STEP_C_SETTINGS = frozenset({"etas", "num_seeds", "recommended_eta", "guidance_scale", "num_inference_steps",
+                             "scheduler", "pick_edit", "pick_keep_fraction", "pick_place_distance",
+                             "output_kohya_format"})
+#: Settings that do not change what steps A and B compute: a checkpoint made under other values resumes.
+RESUMABLE_DIFFERENCES = ARTIFACT_DIFFERENCES | STEP_C_SETTINGS
+#: Keys an imagic-lora 0.1 record (no "settings" entry) holds as resolved, not as given.
+LEGACY_RESOLVED = frozenset({"emb_train_batch_size", "mixed_precision", "resolution", "sample_batch_size"})
 
 
 def changed_settings(before: dict, now: dict) -> list[str]:
     """The flags whose values differ between two :meth:`ImagicConfig.settings` records, as ``--name``
     (``--input_image`` for another image). A setting ``before`` lacks had its default then, and an
     image hash it lacks is not compared (records from before hashes were kept)."""
-    defaults = ImagicConfig().settings(frozenset())
+    # The shapes preset's values: what every setting was before presets existed.
+    defaults = ImagicConfig().resolved("shapes").settings(frozenset())
+    legacy = "settings" not in before and "format" in before  # a 0.1 artifact's record
     changed = []
     for key, value in now.items():
+        if legacy and key in LEGACY_RESOLVED and value is None:
+            continue
         if key == "input_sha256":
             if key in before and before[key] != value:
                 changed.append("--input_image (another image)")
@@ -350,10 +399,34 @@ def check_text(text: str, flag: str) -> None:
             from None
 
 
+EXAMPLES = """examples:
+  # the bundled example photo and model (a minute on 2 CPU cores)
+  accelerate launch --config_file accelerate_configs/cpu.yaml scripts/imagic_lora.py
+
+  # your photo on Stable Diffusion (the sd1 preset is chosen from the model)
+  imagic-lora --pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+      --input_image dog.jpg --target_prompt "a photo of a sitting dog" --output_dir dog-sitting
+
+  # what that would run with and cost, without running it
+  imagic-lora --pretrained_model_name_or_path stabilityai/stable-diffusion-xl-base-1.0 \\
+      --input_image dog.jpg --target_prompt "a photo of a sitting dog" --dry_run
+"""
+
+
 class _OneLineErrorParser(argparse.ArgumentParser):
-    """argparse prints usage plus the error; we print the error alone, on one line."""
+    """argparse prints usage plus the error; we print the error alone, on one line, with the closest
+    flag for a mistyped one."""
 
     def error(self, message):  # noqa: D401 - argparse API
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+            flags = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+            for word in message.split(":", 1)[1].split():
+                if word.startswith("--"):
+                    close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.6)
+                    if close:
+                        message = f"unrecognized argument {word}: did you mean {close[0]}?"
+                        break
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -365,19 +438,37 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def build_parser(prog: str = "imagic_lora") -> argparse.ArgumentParser:
+def _default_text(f: dataclasses.Field) -> str:
+    """What --help says of a flag's default (never twice)."""
+    from .presets import PRESET_FIELDS, PRESETS
+    if f.name in PRESET_FIELDS:
+        shapes, sd = PRESETS["shapes"].values[f.name], PRESETS["sd1"].values[f.name]
+        show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+        return f" (default: the preset's; shapes {show(shapes)}, SD {show(sd)})"
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if default is None:
+        return ""  # the help says what happens when it is not given
+    if isinstance(default, bool):
+        return " (default: on)" if default else ""
+    if f.name == "pretrained_model_name_or_path":
+        return ""
+    return f" (default: {default})"
+
+
+def build_parser(prog: str = "imagic-lora") -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
-        prog=prog,
-        description="Imagic with LoRA: edit one real image from a target text with a Stable Diffusion model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+        prog=prog, allow_abbrev=False, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Imagic with LoRA: edit one real image from a target text with a Stable Diffusion model. "
+                    "Flags a preset fills show the shapes and SD values; docs/presets.md has all.")
+    groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
     for f in dataclasses.fields(ImagicConfig):
         meta = dict(f.metadata)
-        help_text = meta.pop("help")
+        group = groups[meta.pop("group")]
+        help_text = (meta.pop("help") + _default_text(f)).replace("%", "%%")
         flag = f"--{f.name}"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        if "bool" in str(f.type):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         type_name = str(f.type)
         if "float" in type_name:
@@ -388,7 +479,8 @@ def build_parser(prog: str = "imagic_lora") -> argparse.ArgumentParser:
             kind = str
         if meta.get("choices") is not None and None in meta["choices"]:
             meta["choices"] = [c for c in meta["choices"] if c is not None]
-        parser.add_argument(flag, type=kind, default=default, help=help_text, **meta)
+        group.add_argument(flag, type=kind, default=default, help=help_text, metavar=f.name.upper()
+                           if "choices" not in meta else None, **meta)
     return parser
 
 

@@ -22,14 +22,29 @@ from .conditioning import PromptEmbeds, unet_condition
 from .errors import ImagicInputError
 
 
+@contextlib.contextmanager
+def vae_precision(vae):
+    """Within: the VAE in fp32 if it is fp16 and its config says ``force_upcast`` (SDXL's own VAE overflows
+    in fp16), as the stock pipeline decodes; back to fp16 after, bit for bit (fp16 values are exact in fp32)."""
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        yield vae
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+
+
 @torch.no_grad()
 def encode_image_latents(vae, pixel_values: torch.Tensor) -> torch.Tensor:
-    """(1, 3, H, W) in [-1, 1] -> the scaled latent x (1, C, H/f, W/f), fp32.
+    """(N, 3, H, W) in [-1, 1] -> the scaled latents x (N, C, H/f, W/f), fp32.
 
     The posterior mean, not a sample: the image is fixed, so its latent should be too.
     """
-    pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
-    latents = vae.encode(pixel_values).latent_dist.mode().float()
+    with vae_precision(vae):
+        pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
+        latents = vae.encode(pixel_values).latent_dist.mode().float()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor
 
@@ -87,17 +102,65 @@ def draw_noise(latents: torch.Tensor, batch_size: int, num_train_timesteps: int,
     return timesteps.to(latents.device), noise.to(latents.device)
 
 
+class NoiseDraws:
+    """The (timesteps, noise) draws of a loop, one per micro-batch: the same values, in the same order, as
+    calling :func:`draw_noise` once per micro-batch, so a seed means the same on every device. On an
+    accelerator they are drawn ``chunk`` at a time and copied from pinned memory without waiting, so the
+    loop does not stall on the host every step; :meth:`generator_state` is the generator's state before
+    the next draw the loop has not taken (what a checkpoint must keep to continue bit for bit)."""
+
+    def __init__(self, latents: torch.Tensor, batch_size: int, num_train_timesteps: int,
+                 generator: torch.Generator, weights: torch.Tensor | None = None, chunk: int = 16):
+        self.device = latents.device
+        self.shape = torch.empty(latents.shape)  # a CPU stand-in: draw_noise draws where its latents are
+        self.batch_size, self.num_train_timesteps = batch_size, num_train_timesteps
+        self.generator, self.weights = generator, weights
+        self.chunk = 1 if self.device.type == "cpu" else chunk
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def _refill(self) -> None:
+        states, timesteps, noise = [], [], []
+        for _ in range(self.chunk):
+            states.append(self.generator.get_state())
+            t, n = draw_noise(self.shape, self.batch_size, self.num_train_timesteps, self.generator, self.weights)
+            timesteps.append(t)
+            noise.append(n)
+        if self.device.type == "cpu":
+            self._pending = list(zip(states, timesteps, noise))
+            return
+        pinned = self.device.type == "cuda"
+        t, n = torch.stack(timesteps), torch.stack(noise)
+        if pinned:
+            t, n = t.pin_memory(), n.pin_memory()
+        t, n = t.to(self.device, non_blocking=pinned), n.to(self.device, non_blocking=pinned)
+        self._pending = list(zip(states, t.unbind(0), n.unbind(0)))
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps (B,) and noise (B, C, h, w) on the latents' device."""
+        if not self._pending:
+            self._refill()
+        _, timesteps, noise = self._pending.pop(0)
+        return timesteps, noise
+
+    def generator_state(self) -> torch.Tensor:
+        """The generator's state as if the loop had drawn exactly what it has taken so far."""
+        return self._pending[0][0] if self._pending else self.generator.get_state()
+
+
 def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds, *,
-                   batch_size: int, generator: torch.Generator, weight_dtype: torch.dtype,
-                   add_time_ids: torch.Tensor | None = None,
-                   timestep_weights: torch.Tensor | None = None) -> torch.Tensor:
+                   batch_size: int, generator: torch.Generator | None = None, weight_dtype: torch.dtype,
+                   add_time_ids: torch.Tensor | None = None, timestep_weights: torch.Tensor | None = None,
+                   draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One Monte-Carlo estimate of L over ``batch_size`` draws of (t, ε); a scalar, fp32.
 
     ``latents`` is (1, C, h, w) fp32; the UNet runs in ``weight_dtype`` (call inside
-    ``accelerator.autocast()`` for mixed precision); the loss is computed in fp32.
+    ``accelerator.autocast()`` for mixed precision); the loss is computed in fp32. The draws are
+    ``draws`` (timesteps (B,), noise (B, C, h, w)) when given, else drawn from ``generator``.
     """
-    timesteps, noise = draw_noise(latents, batch_size, noise_scheduler.config.num_train_timesteps, generator,
-                                  timestep_weights)
+    if draws is None:
+        draws = draw_noise(latents, batch_size, noise_scheduler.config.num_train_timesteps, generator,
+                           timestep_weights)
+    timesteps, noise = draws
     clean = latents.expand(batch_size, -1, -1, -1)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
     target = prediction_target(noise_scheduler, clean, noise, timesteps)
@@ -106,84 +169,51 @@ def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptE
     return F.mse_loss(prediction.float(), target.float())
 
 
-#: The largest UNet (first block's channels, latent side) whose training steps use PyTorch's own CPU
-#: convolutions rather than oneDNN's: see :func:`training_convolutions`.
-SMALL_UNET_CHANNELS, SMALL_UNET_LATENT = 32, 16
-
-
-def training_convolutions(unet, latents: torch.Tensor) -> contextlib.AbstractContextManager:
-    """The convolution kernels for steps A and B: PyTorch's own on a multi-threaded CPU for a very
-    small UNet (first block at most 32 channels, latent at most 16x16, as the bundled model), else
-    the default.
-
-    On such a UNet oneDNN's fixed cost per call outweighs its speed, above all for a LoRA's 1x1 and
-    rank-wide convolutions, which PyTorch sends to oneDNN whenever it has more than one thread. On
-    2 CPU cores, the bundled model's training steps at batch 4: step B 132 -> 110 ms, step A 50 ->
-    46 ms. Not with one thread (PyTorch then keeps 1x1 convolutions off oneDNN itself, and its 3x3
-    ones are faster: the shapes benchmark's 60 cases took 30.6 min without it, 29 min with), not for
-    step C's sampling (batched, with the VAE at full resolution: 2.6x slower without oneDNN), not in
-    fp16/bf16 (oneDNN is the CPU's fast path there; only fp32 was measured), and not for larger
-    UNets, where oneDNN is faster already at 64 channels or a 32x32 latent (A 7-16% slower without
-    it). Both compute the same convolution, to rounding. The switch is PyTorch's process-wide flag:
-    two threads training at once would share it.
-    """
-    small = (latents.device.type == "cpu" and torch.get_num_threads() > 1 and unet.dtype == torch.float32
-             and unet.config.block_out_channels[0] <= SMALL_UNET_CHANNELS
-             and max(latents.shape[-2:]) <= SMALL_UNET_LATENT)
-    return _onednn_off() if small else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _onednn_off():
-    # Not torch.backends.mkldnn.flags(): it also sets oneDNN's TF32 switch, which warns on a CPU build.
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = enabled
-
-
 def minimise(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds, optimizer, *, accelerator,
              steps: int, batch_size: int, generator: torch.Generator, weight_dtype: torch.dtype,
              add_time_ids: torch.Tensor | None = None, timestep_weights: torch.Tensor | None = None,
-             desc: str = "", start_step: int = 0,
-             on_step: Callable[[int, list[float]], None] | None = None,
+             desc: str = "", start_step: int = 0, max_grad_norm: float = 0.0,
+             on_step: Callable[[int, list, NoiseDraws], None] | None = None,
              log: Callable[[dict, int], None] | None = None) -> list[float]:
     """The optimisation loop of steps A and B: optimiser steps ``start_step`` .. ``steps``-1 on L.
 
     What is trained is whatever ``optimizer`` holds (the embedding in A, the LoRA or UNet in B).
     Each step averages ``accelerator.gradient_accumulation_steps`` batches of ``batch_size``
-    draws. Returns the losses of the steps run. Losses stay on the device (no host sync per
+    draws; only the forward pass and the loss run under autocast, the backward pass and the
+    optimiser step outside it. ``max_grad_norm`` > 0 clips the gradient norm (unscaled under
+    fp16). Returns the losses of the steps run. Losses stay on the device (no host sync per
     step) except every 10th, which is checked for NaN/inf, shown on the progress bar and passed
-    to ``log``. ``on_step(step, losses)`` runs after each step (checkpoints, interruption).
+    to ``log``. ``on_step(step, losses, draws)`` runs after each step (checkpoints, interruption).
     """
     accumulation = accelerator.gradient_accumulation_steps
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    draws = NoiseDraws(latents, batch_size, noise_scheduler.config.num_train_timesteps, generator, timestep_weights)
     losses: list[torch.Tensor] = []
     progress = tqdm(range(start_step, steps), desc=desc, initial=start_step, total=steps,
                     disable=not accelerator.is_local_main_process)
-    with training_convolutions(unet, latents):
-        for step in progress:
-            step_loss = torch.zeros((), device=latents.device)
-            for _ in range(accumulation):
-                with accelerator.accumulate(), accelerator.autocast():
+    for step in progress:
+        step_loss = torch.zeros((), device=latents.device)
+        for _ in range(accumulation):
+            with accelerator.accumulate():
+                with accelerator.autocast():
                     loss = denoising_loss(unet, noise_scheduler, latents, embeds, batch_size=batch_size,
-                                          generator=generator, weight_dtype=weight_dtype,
-                                          add_time_ids=add_time_ids, timestep_weights=timestep_weights)
-                    accelerator.backward(loss)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.detach() / accumulation
-            losses.append(step_loss)
-            if step % 10 == 0 or step == steps - 1:
-                value = float(step_loss)
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(desc, step, value)
-                progress.set_postfix(loss=f"{value:.4f}")
-                if log is not None:
-                    log({f"{desc.split(':')[0]}/loss": value}, step)
-            if on_step is not None:
-                on_step(step, losses)
+                                          weight_dtype=weight_dtype, add_time_ids=add_time_ids, draws=draws.next())
+                accelerator.backward(loss)
+                if max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.detach() / accumulation
+        losses.append(step_loss)
+        if step % 10 == 0 or step == steps - 1:
+            value = float(step_loss)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(desc, step, value)
+            progress.set_postfix(loss=f"{value:.4f}")
+            if log is not None:
+                log({f"{desc.split(':')[0]}/loss": value}, step)
+        if on_step is not None:
+            on_step(step, losses, draws)
     return [float(v) for v in losses]
 
 

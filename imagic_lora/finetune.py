@@ -44,13 +44,14 @@ def make_optimizer(params: list[torch.nn.Parameter], *, learning_rate: float, us
 def finetune(unet, noise_scheduler, latents: torch.Tensor, e_opt: PromptEmbeds, optimizer, *, accelerator,
              steps: int, batch_size: int, generator: torch.Generator, weight_dtype: torch.dtype,
              add_time_ids: torch.Tensor | None = None, timestep_weights: torch.Tensor | None = None,
-             start_step: int = 0, on_step: Callable[[int, list[float]], None] | None = None,
-             log: Callable[[dict, int], None] | None = None) -> list[float]:
+             start_step: int = 0, on_step: Callable[[int, list, object], None] | None = None,
+             max_grad_norm: float = 0.0, log: Callable[[dict, int], None] | None = None) -> list[float]:
     """Train what ``optimizer`` holds (a LoRA's or the whole UNet's parameters, see
     :func:`make_optimizer`) under L(x, e_opt, θ); return the losses of steps ``start_step``..``steps``-1.
 
     ``latents`` (1, C, h, w) fp32; ``e_opt`` is used detached (frozen). Only the optimiser's
-    parameters change; every other UNet weight stays bitwise equal. ``timestep_weights``
+    parameters change; every other UNet weight stays bitwise equal. ``max_grad_norm`` > 0 clips
+    the gradient norm. ``timestep_weights``
     (see :func:`~imagic_lora.diffusion.timestep_weights`) biases which noise levels are trained.
     """
     unet.train()
@@ -59,6 +60,6 @@ def finetune(unet, noise_scheduler, latents: torch.Tensor, e_opt: PromptEmbeds, 
                         steps=steps, batch_size=batch_size, generator=generator, weight_dtype=weight_dtype,
                         add_time_ids=add_time_ids, timestep_weights=timestep_weights,
                         desc="B: fine-tune", start_step=start_step, on_step=on_step,
-                        log=log)
+                        max_grad_norm=max_grad_norm, log=log)
     finally:
         unet.eval()

@@ -39,8 +39,9 @@ class Job:
     def config(self, run: ImagicConfig) -> ImagicConfig:
         """The run's config with this job's image, prompt, overrides and output folder."""
         output_dir = run.output_dir if self.id is None else str(Path(run.output_dir) / self.id)
-        return dataclasses.replace(run, input_image=self.input_image, target_prompt=self.target_prompt,
-                                   output_dir=output_dir, manifest=None, tedbench=None, **self.overrides)
+        cfg = dataclasses.replace(run, input_image=self.input_image, target_prompt=self.target_prompt,
+                                  output_dir=output_dir, manifest=None, tedbench=None, **self.overrides)
+        return cfg.resolved(run.preset) if run.preset is not None else cfg  # a null takes the preset's value
 
 
 def is_complete(folder: str | Path) -> bool:
@@ -56,6 +57,8 @@ RESERVED_IDS = frozenset({"summary.jsonl", "summary.csv", "summary.jsonl.tmp", "
 def _check_override(name: str, value, where: str):
     """A manifest value for the flag ``name``, of the flag's type (an int is an integral number)."""
     kind = str(next(f.type for f in dataclasses.fields(ImagicConfig) if f.name == name))
+    if value is None and "None" in kind:  # null: the run's value (a preset's or the flag's)
+        return None
     if name == "etas":
         if not isinstance(value, list) or not value or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
@@ -70,6 +73,8 @@ def _check_override(name: str, value, where: str):
     if kind.startswith("int"):
         if value != int(value):
             raise ImagicInputError("--manifest", f"{where}: {name!r} must be a whole number, got {value!r}")
+        if abs(value) >= 2 ** 63:
+            raise ImagicInputError("--manifest", f"{where}: {name!r} is out of range ({value:.3g})")
         return int(value)
     return float(value)
 
@@ -172,7 +177,8 @@ def read_tedbench(folder: str | Path) -> list[Job]:
 SUMMARY_FIELDS = ("id", "status", "error", "input_image", "target_prompt", "recommended_eta", "picked_eta",
                   "picked_seed", "model_load_s",
                   "wall_time_encode_s",
-                  "wall_time_A_s", "wall_time_B_s", "wall_time_C_s", "wall_time_save_s", "peak_memory_gib",
+                  "wall_time_A_s", "wall_time_B_s", "wall_time_C_s", "wall_time_pick_s", "wall_time_save_s",
+                  "unet_forwards", "tflop", "peak_memory_gib",
                   "output_dir", "process")
 
 

@@ -81,8 +81,9 @@ def load_pipeline(pretrained_model_name_or_path: str, *, revision: str | None = 
                   vae_dtype: torch.dtype | None = None):
     """Load the stock pipeline of the checkpoint's family, every weight frozen in ``weight_dtype``.
 
-    The VAE can be replaced (``vae_model_name_or_path``) and kept in its own dtype: SDXL's VAE
-    overflows in fp16, so for SDXL under fp16 it stays in fp32 unless an fp16-safe VAE is given.
+    The VAE can be replaced (``vae_model_name_or_path``) and kept in its own dtype (``vae_dtype``). SDXL's
+    own VAE overflows in fp16: its config says ``force_upcast``, and the stock pipeline then decodes in
+    fp32 by itself; our own encodes do the same (:func:`imagic_lora.diffusion.encode_image_latents`).
     """
     family = model_family(pretrained_model_name_or_path, revision)
     pipeline_class = FAMILIES[family]
@@ -96,8 +97,10 @@ def load_pipeline(pretrained_model_name_or_path: str, *, revision: str | None = 
                                                           use_safetensors=True)
     with _safetensors_only("--pretrained_model_name_or_path", pretrained_model_name_or_path):
         pipe = pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
-    if vae_dtype is None and family == "sdxl" and weight_dtype == torch.float16 and not vae_model_name_or_path:
-        vae_dtype = torch.float32
+    if pipe.unet.dtype != weight_dtype:  # diffusers before 0.40 ignores dtype= and loads fp32
+        import diffusers
+        raise RuntimeError(f"the base model loaded in {pipe.unet.dtype}, not {weight_dtype}: diffusers "
+                           f"{diffusers.__version__} ignores dtype=; imagic-lora needs diffusers >= 0.40")
     return freeze(pipe, vae_dtype)
 
 
@@ -150,9 +153,35 @@ def training_noise_scheduler(pipe) -> DDPMScheduler:
 
 def inference_scheduler(pipe, name: str):
     """A sampler for generation, built from the model's own scheduler config."""
-    config = pipe.scheduler.config
     if name == "model":
         return pipe.scheduler
+    return scheduler_from_config(pipe.scheduler.config, name)
+
+
+def check_inference_steps(pretrained_model_name_or_path: str, revision: str | None, name: str, steps: int) -> None:
+    """Refuse a number of sampling steps the sampler cannot take on this model's schedule (one past its
+    last timestep, say, with the schedule's ``steps_offset``); reads configs only."""
+    import diffusers
+    config = DDPMScheduler.load_config(pretrained_model_name_or_path, subfolder="scheduler", revision=revision)
+    if name == "model":
+        cls = getattr(diffusers, config.get("_class_name", "DDIMScheduler"), DDIMScheduler)
+        scheduler = cls.from_config(config)
+    else:
+        scheduler = scheduler_from_config(config, name)
+    total = scheduler.config.num_train_timesteps
+    try:
+        scheduler.set_timesteps(steps)
+        fits = int(scheduler.timesteps.max()) < total
+    except (ValueError, IndexError):
+        fits = False
+    if not fits:
+        most = total - int(scheduler.config.get("steps_offset", 0) or 0)
+        raise ImagicInputError("--num_inference_steps", f"{steps} steps do not fit this model's {total}-step "
+                                                        f"schedule with the {name} sampler; use at most {most}")
+
+
+def scheduler_from_config(config, name: str):
+    """A sampler (ddim, dpmsolver++, euler, euler_a, pndm) on a scheduler config's schedule."""
     if name == "ddim":
         return DDIMScheduler.from_config(config)
     if name == "dpmsolver++":

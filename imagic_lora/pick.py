@@ -95,13 +95,27 @@ def _json_number(x: float) -> float | None:
     return round(x, 6) if math.isfinite(x) else None
 
 
-def pick_record(pick: Pick, candidates: list[tuple[float, int]], image: str, scored_with: str) -> dict:
+def ranking(pick: Pick) -> list[int]:
+    """The candidates in the rule's order of preference: the pick, the other kept ones nearest first,
+    then the rest by text score."""
+    n = len(pick.text_scores)
+    score = [s if math.isfinite(s) else -math.inf for s in pick.text_scores]
+    kept = sorted((i for i in range(n) if pick.kept[i] and i != pick.index), key=lambda i: pick.distances[i])
+    rest = sorted((i for i in range(n) if not pick.kept[i] and i != pick.index), key=lambda i: -score[i])
+    return [pick.index] + kept + rest
+
+
+def pick_record(pick: Pick, candidates: list[tuple[float, int]], image: str, scored_with: str,
+                calibrated: bool = True) -> dict:
     """What imagic_config.json keeps of a pick among ``candidates`` [(eta, seed), ...]: the picked
-    (eta, seed), where its copy is, which step of the rule decided ("chosen_in_place": step 1), and every
-    candidate's numbers ("in_place": within the place distance; null when step 1 is off)."""
+    (eta, seed), where its copy is, which step of the rule decided ("chosen_in_place": step 1), every
+    candidate's numbers ("in_place": within the place distance; null when step 1 is off), and the
+    candidates ranked. ``calibrated``: the rule's thresholds were tuned on this kind of model (the shapes
+    world); elsewhere the pick is a suggestion to check against the ranking."""
     eta, seed = candidates[pick.index]
     in_place = pick.in_place if pick.in_place is not None else [None] * len(candidates)
-    return {"image": image, "eta": eta, "seed": seed, "scored_with": scored_with,
+    return {"image": image, "eta": eta, "seed": seed, "scored_with": scored_with, "calibrated": calibrated,
+            "ranking": [{"eta": candidates[i][0], "seed": candidates[i][1]} for i in ranking(pick)],
             "input_text_score": _json_number(pick.reference), "chosen_in_place": pick.chosen_in_place,
             "candidates": [{"eta": e, "seed": s, "text_score": _json_number(t), "structure_distance": _json_number(d),
                             "kept": k, "in_place": p}

@@ -3,6 +3,7 @@
 
     python scripts/benchmark.py --models sd15 sd21 sdxl --output docs/benchmark      # on a GPU
     python scripts/benchmark.py --tiny --output /tmp/bench                          # CPU smoke test
+    python scripts/benchmark.py --write_configs model-configs                      # configs for --dry_run
 
 The real architectures (SD 1.5 at 512 px, SD 2.1 at 768 px with v-prediction, SDXL at 1024 px)
 are built from their configs with random weights (no download: weights change neither speed nor
@@ -22,7 +23,6 @@ this script, not a speed claim.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -73,6 +73,8 @@ BF16_PEAK = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G":
 PAPER = {"emb_train_steps": 1000, "emb_learning_rate": 2e-3, "max_train_steps": 1500, "learning_rate": 5e-7}
 VARIANTS = {
     # name: (CLI settings, mixed precision, description)
+    "defaults": ({}, "auto", "exactly what a user gets with no flags: the model's preset, the CLI's precision and "
+                             "memory plan"),
     "recommended": ({"gradient_checkpointing": True}, "bf16",
                     "LoRA, 8-bit AdamW, bf16, gradient checkpointing, SDPA, our schedule"),
     "no_8bit_adam": ({"gradient_checkpointing": True, "use_8bit_adam": False}, "bf16", "recommended, torch AdamW"),
@@ -133,90 +135,111 @@ def build_pipeline(model: str, tiny: bool, weight_dtype, device, tmp: Path):
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     pipe.to("cpu", dtype=weight_dtype)
-    vae_dtype = torch.float32 if family == "sdxl" and weight_dtype == torch.float16 else None
-    return freeze(pipe, vae_dtype), resolution
+    return freeze(pipe), resolution
 
 
-def count_step_flops(pipe, noise_scheduler, cfg, weight_dtype, device, resolution, phase: str) -> float:
-    """FLOPs of one optimisation step of phase A (gradients to the embedding) or B (to the LoRA/UNet)."""
+def write_configs(model: str, folder: Path) -> Path:
+    """A model folder of ``model``'s published configs alone, no weights: enough for ``--dry_run`` (which
+    reads configs only) and for the plan. The tokenizer is the project's small word tokenizer (its
+    vocabulary does not matter to a plan), left open so the folder reads as a real checkpoint."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig
 
-    from imagic_lora.conditioning import PromptEmbeds, is_sdxl, sdxl_time_ids
-    from imagic_lora.diffusion import denoising_loss
-    latent = resolution // pipe.vae_scale_factor
-    latents = torch.randn(1, pipe.unet.config.in_channels, latent, latent, device=device)
-    width = pipe.unet.config.cross_attention_dim
-    embeds = PromptEmbeds(torch.randn(1, 77, width, device=device, requires_grad=phase == "A"))
-    time_ids = None
-    if is_sdxl(pipe):
-        pooled = pipe.text_encoder_2.config.projection_dim
-        embeds.pooled_prompt_embeds = torch.randn(1, pooled, device=device, requires_grad=phase == "A")
-        time_ids = sdxl_time_ids(resolution).to(device)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.autocast(device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32):
-        batch_size = cfg.effective_emb_train_batch_size if phase == "A" else cfg.train_batch_size
-        loss = denoising_loss(pipe.unet, noise_scheduler, latents, embeds, batch_size=batch_size,
-                              generator=torch.Generator().manual_seed(0), weight_dtype=weight_dtype,
-                              add_time_ids=time_ids)
-        loss.backward()
-    pipe.unet.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
+    from imagic_lora.tiny import TINY_WORDS, sd_scheduler
+    from imagic_lora.vocabulary import VOCABULARY_FILE, write_word_tokenizer
+
+    family, unet_config, encoders, prediction_type, resolution = MODELS[model]
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        UNet2DConditionModel(**unet_config).save_config(folder / "unet")
+        AutoencoderKL(**SD_VAE).save_config(folder / "vae")
+    names = ["text_encoder", "text_encoder_2"][:len(encoders)]
+    for name, encoder in zip(names, encoders):
+        CLIPTextConfig(**encoder).save_pretrained(folder / name)
+        write_word_tokenizer(folder / name.replace("text_encoder", "tokenizer"), list(TINY_WORDS))
+        (folder / name.replace("text_encoder", "tokenizer") / VOCABULARY_FILE).unlink()
+    if family == "sdxl":
+        from diffusers import EulerDiscreteScheduler
+        scheduler = EulerDiscreteScheduler(**{k: v for k, v in SCHEDULER.items() if k not in (
+            "set_alpha_to_one", "skip_prk_steps")}, prediction_type=prediction_type)
+        index = {"_class_name": "StableDiffusionXLPipeline", "text_encoder": ["transformers", "CLIPTextModel"],
+                 "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                 "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+                 "scheduler": ["diffusers", "EulerDiscreteScheduler"], "force_zeros_for_empty_prompt": True}
+    else:
+        scheduler = sd_scheduler(prediction_type)
+        index = {"_class_name": "StableDiffusionPipeline", "text_encoder": ["transformers", "CLIPTextModel"],
+                 "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "PNDMScheduler"],
+                 "safety_checker": [None, None], "feature_extractor": [None, None],
+                 "requires_safety_checker": False}
+    scheduler.save_config(folder / "scheduler")
+    index.update(unet=["diffusers", "UNet2DConditionModel"], vae=["diffusers", "AutoencoderKL"])
+    (folder / "model_index.json").write_text(json.dumps(index, indent=1))
+    return folder
 
 
 def run_variant(args) -> dict:
+    import dataclasses
+
     import torch
     from accelerate import Accelerator
 
     from imagic_lora.config import ImagicConfig
     from imagic_lora.interrupt import StopFlag
-    from imagic_lora.models import prepare_unet, training_noise_scheduler, weight_dtype_for
+    from imagic_lora.plan import Target, decide_precision, make_plan, measure_unet
+    from imagic_lora.recipe import ImagicRecipe
+    from imagic_lora.models import weight_dtype_for
     settings, mixed_precision, description = VARIANTS[args.variant]
+    tmp = Path(tempfile.mkdtemp(prefix="imagic-bench-"))
+    target = Target.current()
+    if mixed_precision == "auto":  # what a user gets: the CLI's own choice for this device
+        mixed_precision = decide_precision(None, None, target.kind, target.bf16)
     accelerator = Accelerator(mixed_precision=mixed_precision if not args.tiny else "no")
     device = accelerator.device
     weight_dtype = weight_dtype_for(accelerator.mixed_precision)
     if args.allow_tf32 and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    tmp = Path(tempfile.mkdtemp(prefix="imagic-bench-"))
     pipe, resolution = build_pipeline(args.model, args.tiny, weight_dtype, device, tmp)
     from imagic_lora.shapes import Scene, render_photo
     render_photo(Scene("circle", "red", "large", "gray", 30, 30, 34), seed=0).resize((resolution, resolution)).save(
         tmp / "input.png")
-    full_schedule = {k: settings.get(k, getattr(ImagicConfig(), k)) for k in ("emb_train_steps", "max_train_steps")}
+    preset = "shapes" if args.tiny else {"sd15": "sd1", "sd21": "sd2-v", "sdxl": "sdxl"}[args.model]
+    base = ImagicConfig(input_image=str(tmp / "input.png"), target_prompt="a large blue circle on a gray background",
+                        output_dir=str(tmp / "edit"), checkpointing_steps=0, **settings).resolved(preset)
+    if args.variant != "defaults":
+        base = dataclasses.replace(base, etas=[0.0, 0.6, 0.8, 1.0, 1.2], num_seeds=1)
+    full_schedule = {k: getattr(base, k) for k in ("emb_train_steps", "max_train_steps")}
     measured = {k: min(v, args.max_measured_steps) for k, v in full_schedule.items()}
-    cfg = ImagicConfig(input_image=str(tmp / "input.png"), target_prompt="a large blue circle on a gray background",
-                       output_dir=str(tmp / "edit"), etas=[0.0, 0.6, 0.8, 1.0, 1.2], num_seeds=1,
-                       checkpointing_steps=0, **{**settings, **measured})
+    cfg = dataclasses.replace(base, **measured)
     if cfg.enable_xformers_memory_efficient_attention:
         try:
             import xformers  # noqa: F401
         except ImportError:
             return {"model": args.model, "variant": args.variant, "skipped": "xformers is not installed"}
-    prepare_unet(pipe, device, xformers=cfg.enable_xformers_memory_efficient_attention,
-                 gradient_checkpointing=cfg.gradient_checkpointing)
-    noise_scheduler = training_noise_scheduler(pipe)
-    flops = {"A": count_step_flops(pipe, noise_scheduler, cfg, weight_dtype, device, resolution, "A")}
-    cli = _load_cli()
+    plan = None
+    if args.variant == "defaults" and not args.tiny:  # the CLI's plan decides gradient checkpointing
+        cfg, plan = make_plan(dataclasses.replace(cfg, pretrained_model_name_or_path=str(
+            write_configs(args.model, tmp / "configs")), mixed_precision=accelerator.mixed_precision), target)
+    elif cfg.gradient_checkpointing is None:
+        cfg = dataclasses.replace(cfg, gradient_checkpointing=False)
+    recipe = ImagicRecipe(cfg, plan=plan, accelerator=accelerator).setup(pipe=pipe)
     if args.profile and device.type == "cuda":
-        record = _profiled_edit(cli, cfg, pipe, accelerator, noise_scheduler, Path(args.profile))
+        record = _profiled_edit(recipe, Path(args.profile))
     else:
-        record = cli.edit(cfg, pipe, accelerator, noise_scheduler, StopFlag())
-    # B's FLOPs need B's trainable parameters: count on a fresh adapter (or the full UNet).
-    cli.reset_unet(pipe, None, weight_dtype)
-    from imagic_lora.finetune import full_finetune_parameters
-    from imagic_lora.lora import add_lora
-    if cfg.full_finetune:
-        full_finetune_parameters(pipe.unet)
-    else:
-        add_lora(pipe.unet, rank=cfg.rank, alpha=cfg.effective_lora_alpha,
-                 target_modules=cfg.lora_target_module_list, seed=0)
-    flops["B"] = count_step_flops(pipe, noise_scheduler, cfg, weight_dtype, device, resolution, "B")
+        record = recipe.edit(stop=StopFlag(), lock=False)
+    recipe.cleanup()
+    # FLOPs of one step of each phase, counted on the meta device without gradient checkpointing's recompute.
+    costs = measure_unet(dict(pipe.unet.config), resolution, pipe.vae_scale_factor, weight_dtype,
+                         lora_targets=cfg.lora_target_module_list, rank=cfg.rank, full_finetune=cfg.full_finetune)
+    flops = {"A": costs.step_a_flops * cfg.effective_emb_train_batch_size,
+             "B": costs.step_b_flops * cfg.train_batch_size}
     times = record["wall_time_s"]
     scale = {"A": full_schedule["emb_train_steps"] / max(measured["emb_train_steps"], 1),
              "B": full_schedule["max_train_steps"] / max(measured["max_train_steps"], 1)}
     phases = {}
-    for phase in ("encode", "A", "B", "C", "save"):
+    for phase in ("encode", "A", "B", "C", "pick", "save"):
         entry = {"wall_s": times.get(phase, 0.0), **record.get("memory_per_phase", {}).get(phase, {})}
         if phase in ("A", "B"):
             steps = measured["emb_train_steps" if phase == "A" else "max_train_steps"]
@@ -228,27 +251,22 @@ def run_variant(args) -> dict:
     total = sum(p.get("full_schedule_wall_s", p["wall_s"]) for p in phases.values())
     return {"model": args.model, "variant": args.variant, "description": description, "tiny": args.tiny,
             "device": device_name, "bf16_peak_tflops": device_peak(device_name), "resolution": resolution,
-            "mixed_precision": accelerator.mixed_precision, "schedule": full_schedule, "measured_steps": measured,
+            "mixed_precision": accelerator.mixed_precision, "gradient_checkpointing": cfg.gradient_checkpointing,
+            "schedule": full_schedule, "measured_steps": measured,
             "trainable_parameters": record["trainable_parameters"], "phases": phases, "total_wall_s": total,
+            "plan": plan.record() if plan is not None else None,
             "peak_allocated_gib": record["memory"].get("peak_allocated_gib"),
             "peak_reserved_gib": record["memory"].get("peak_reserved_gib"),
             "peak_rss_gib": record["memory"]["peak_rss_gib"], "versions": record["versions"]}
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("imagic_lora_cli", ROOT / "scripts" / "imagic_lora.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _profiled_edit(cli, cfg, pipe, accelerator, noise_scheduler, out: Path) -> dict:
+def _profiled_edit(recipe, out: Path) -> dict:
     """The edit under torch.profiler; the top operators by CUDA time go to ``out``."""
     from torch.profiler import ProfilerActivity, profile
 
     from imagic_lora.interrupt import StopFlag
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=False) as prof:
-        record = cli.edit(cfg, pipe, accelerator, noise_scheduler, StopFlag())
+        record = recipe.edit(stop=StopFlag(), lock=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
     return record
@@ -302,9 +320,17 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default=None, help="Write a torch.profiler table of each run to this folder.")
     parser.add_argument("--output", default="benchmark", help="Writes OUTPUT.json and OUTPUT.md.")
     parser.add_argument("--timeout", type=int, default=1800, help="Seconds allowed per variant.")
+    parser.add_argument("--write_configs", default=None, metavar="DIR",
+                        help="Write each of --models as a folder of its published configs alone (no weights) to "
+                             "DIR/<model>, for imagic-lora --dry_run, and exit.")
     parser.add_argument("--_child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--_result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.write_configs:
+        for model in args.models:
+            print(write_configs(model, Path(args.write_configs) / model))
+        return 0
 
     if args._child:
         args.model, args.variant = args._child

@@ -23,7 +23,6 @@ wall time per case. Writes <output_dir>/shapes_benchmark.{md,json,png} and shape
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -42,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from imagic_lora import shapes  # noqa: E402
+from imagic_lora import cli, shapes  # noqa: E402
 from imagic_lora.config import BUNDLED_MODEL  # noqa: E402
 
 PLACE_TOLERANCE_PX = 6.0
@@ -91,13 +90,6 @@ def make_cases(n: int, seed: int) -> list[Case]:
     return cases
 
 
-def load_cli():
-    spec = importlib.util.spec_from_file_location("imagic_lora_cli", ROOT / "scripts" / "imagic_lora.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def score(image: Image.Image, case: Case, input_centre: tuple[float, float]) -> dict:
     reading = shapes.judge(image)
     success = shapes.matches(reading, case.target.attributes())
@@ -144,7 +136,6 @@ def run_case(case: Case, methods: dict[str, list[str]], baselines: list[str], ar
     result = {"case": case.index, "attribute": case.attribute, "input": case.scene.caption,
               "target": case.target_prompt, "input_read_ok": shapes.matches(input_reading, case.scene.attributes()),
               "methods": {}}
-    cli = load_cli()
     for name, flags in methods.items():
         start = time.perf_counter()
         records, timing = run_imagic(cli, case, input_path, ["--pretrained_model_name_or_path", args.model, *flags],
@@ -361,7 +352,6 @@ def write_plot(path: Path, summary: dict) -> None:
 def write_examples(path: Path, cases: list[Case], model: str, flags: list[str], eta: float, args) -> None:
     """A contact sheet: input photo, Imagic-LoRA at eta 0 and at ``eta`` (first seed), the edit the CLI
     picked automatically (as in the benchmark's 'auto' row: the same etas and seeds), and the verdicts."""
-    cli = load_cli()
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="shapes-examples-"))
     etas = sorted({0.0, eta, *args.etas})
@@ -431,7 +421,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from imagic_lora.config import ImagicConfig
-    defaults = ImagicConfig()
+    defaults = ImagicConfig().resolved("shapes")  # the bundled model's preset: what the CLI runs on it
     args.guidance_scale = args.guidance_scale if args.guidance_scale is not None else defaults.guidance_scale
     args.num_inference_steps = args.num_inference_steps or defaults.num_inference_steps
     methods = {name: flags for name, flags in IMAGIC_METHODS.items() if name in args.methods}

@@ -15,7 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from test_cli import load_script
+import imagic_lora.cli as cli
+import imagic_lora.recipe as recipe
 
 FAST = ["--emb_train_steps", "4", "--max_train_steps", "4", "--train_batch_size", "2", "--etas", "0", "1",
         "--num_seeds", "1", "--num_inference_steps", "3"]
@@ -34,7 +35,7 @@ def make_manifest(tmp_path, input_png, bad=True, ids=("one", "two", "three")):
 
 
 def run(tiny_sd, manifest, out, *extra):
-    return load_script().main(["--pretrained_model_name_or_path", str(tiny_sd), "--manifest", str(manifest),
+    return cli.main(["--pretrained_model_name_or_path", str(tiny_sd), "--manifest", str(manifest),
                                "--output_dir", str(out), *FAST, *extra])
 
 
@@ -54,7 +55,7 @@ def test_manifest_run_records_a_bad_image_and_goes_on(tiny_sd, input_png, tmp_pa
     assert not (out / "two").exists() and not (out / ".two.partial").exists()
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["id"] for r in rows] == ["one", "two", "three"]
-    assert "two: --input_image" in capsys.readouterr().err
+    assert "two: --manifest: job two: image" in capsys.readouterr().err
 
     # Rerun: finished jobs are skipped, the failed one retried (now with a good image).
     before = (out / "one" / "pytorch_lora_weights.safetensors").stat().st_mtime_ns
@@ -83,7 +84,6 @@ def test_reset_restores_the_base_weights_bitwise(tiny_sd, full):
     from imagic_lora.finetune import full_finetune_parameters, make_optimizer
     from imagic_lora.lora import add_lora
     from imagic_lora.models import load_pipeline
-    script = load_script()
     pipe = load_pipeline(str(tiny_sd))
     original = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     base_state = {k: v.clone() for k, v in original.items()} if full else None
@@ -95,7 +95,7 @@ def test_reset_restores_the_base_weights_bitwise(tiny_sd, full):
         loss = sum(p.float().pow(2).sum() for p in params)
         loss.backward()
         optimizer.step()
-        script.reset_unet(pipe, base_state, torch.float32)
+        recipe.reset_unet(pipe, base_state, torch.float32)
         state = pipe.unet.state_dict()
         assert state.keys() == original.keys()
         assert all(torch.equal(state[k], original[k]) for k in original)

@@ -13,19 +13,21 @@ from conftest import ROOT
 def test_tiny_benchmark_reports_phases_and_ratios(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tiny", "--models", "sd15",
-                           "--variants", "recommended", "paper_full", "--max_measured_steps", "3",
+                           "--variants", "defaults", "recommended", "paper_full", "--max_measured_steps", "3",
                            "--output", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(out.with_suffix(".json").read_text())
     runs = {r["variant"]: r for r in report["results"]}
-    for variant in ("recommended", "paper_full"):
+    for variant in ("defaults", "recommended", "paper_full"):
         run = runs[variant]
-        assert {"encode", "A", "B", "C", "save"} <= set(run["phases"])
+        assert {"encode", "A", "B", "C", "pick", "save"} <= set(run["phases"])
         assert run["phases"]["B"]["steps"] == 3 and run["phases"]["B"]["steps_per_s"] > 0
         assert run["phases"]["A"]["tflops"] > 0
     # The paper's 1000 + 1500 steps are measured over 3 and extrapolated; ours too (100/200 > 3).
     assert runs["paper_full"]["phases"]["B"]["extrapolated"] is True
     assert runs["paper_full"]["schedule"] == {"emb_train_steps": 1000, "max_train_steps": 1500}
     assert runs["recommended"]["trainable_parameters"] < runs["paper_full"]["trainable_parameters"]
+    # What a user gets with no flags: the model's preset (shapes for the tiny model) and its whole sweep.
+    assert runs["defaults"]["schedule"] == {"emb_train_steps": 300, "max_train_steps": 200}
     table = out.with_suffix(".md").read_text()
     assert "| sd15 | recommended |" in table and "x less" in table and "smoke test" in table

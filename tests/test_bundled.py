@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import ROOT
 from imagic_lora import shapes
 from imagic_lora.config import BUNDLED_MODEL, DEFAULT_EXAMPLE, DEFAULT_TARGET_PROMPT, ImagicConfig
-from test_cli import load_script
+import imagic_lora.cli as cli
 
 
 def test_bundled_model_is_small_and_loads_like_a_real_checkpoint():
@@ -35,7 +35,7 @@ def test_bundled_model_draws_what_the_caption_says():
     scenes = [("circle", "red", "large", "white"), ("square", "blue", "small", "black"),
               ("triangle", "yellow", "large", "gray"), ("square", "green", "large", "white")]
     prompts = [shapes.caption(*scene) for scene in scenes]
-    images = pipe(prompts, guidance_scale=ImagicConfig().guidance_scale, num_inference_steps=25,
+    images = pipe(prompts, guidance_scale=ImagicConfig().resolved("shapes").guidance_scale, num_inference_steps=25,
                   generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))]).images
     right = sum(shapes.matches(shapes.judge(image), dict(zip(shapes.ATTRIBUTES, scene)))
                 for image, scene in zip(images, scenes))
@@ -52,7 +52,7 @@ def test_examples_are_unseen_photos_the_judge_reads():
 
 
 def test_a_word_outside_the_vocabulary_is_named(capsys, tmp_path):
-    code = load_script().main(["--target_prompt", "a small purple circle on a white background",
+    code = cli.main(["--target_prompt", "a small purple circle on a white background",
                                "--output_dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
@@ -91,7 +91,7 @@ def test_the_default_edit_succeeds_by_the_judge(tmp_path):
     assert shapes.centre_distance(picked, original.cx, original.cy) <= 6
     print(next(line for line in proc.stdout.splitlines() if "edit done in" in line))
     # The model card's snippet, run as a user copies it (from the folder above the artifact), gives the
-    # recommended eta's image back (within rounding: the run drew 8 images per call). The bundled model
+    # edit the run picked back (within rounding: the run drew 8 images per call). The bundled model
     # is saved in fp16; without the card's dtype a CPU fails on it.
     card = (out / "README.md").read_text()
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
@@ -99,7 +99,7 @@ def test_the_default_edit_succeeds_by_the_judge(tmp_path):
                               timeout=600)
     assert card_run.returncode == 0, card_run.stderr[-2000:]
     mine = np.asarray(Image.open(tmp_path / "edit.png"), dtype=np.int16)
-    run = np.asarray(Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seeds[0]}.png").convert("RGB"), dtype=np.int16)
+    run = np.asarray(Image.open(out / "images" / "edit.png").convert("RGB"), dtype=np.int16)
     assert int(np.abs(mine - run).max()) <= 1
 
 

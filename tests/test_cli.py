@@ -3,7 +3,6 @@ stock diffusers pipeline (diffusers or kohya LoRA file) reproduces the script's 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import ROOT
+import imagic_lora.cli as cli
 from imagic_lora.artifact import load_edit, read_safetensors_metadata
 from imagic_lora.pick import KEEP_FRACTION, PLACE_DISTANCE, PLACE_KEEP_FRACTION
 
@@ -28,15 +28,8 @@ FAST_DEFAULT_BATCH = ["--emb_train_steps", "8", "--max_train_steps", "8", "--tra
 FAST = FAST_DEFAULT_BATCH + ["--sample_batch_size", "1"]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("imagic_lora_script", ROOT / "scripts" / "imagic_lora.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_inprocess(model, image, out, *extra, fast=FAST):
-    return load_script().main(["--pretrained_model_name_or_path", str(model), "--input_image", str(image),
+    return cli.main(["--pretrained_model_name_or_path", str(model), "--input_image", str(image),
                                "--target_prompt", "a large blue square on a gray background",
                                "--output_dir", str(out), *fast, *extra])
 

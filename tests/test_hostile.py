@@ -119,34 +119,34 @@ def test_unreadable_files_are_refused_in_one_line(tmp_path, case, expected):
 
 
 def test_long_prompt_warns_where_it_is_cut(tiny_sd, input_png, tmp_path, caplog, monkeypatch):
-    from test_cli import load_script
-    script = load_script()
-    monkeypatch.setattr(script, "load_pipeline", lambda *a, **k: (_ for _ in ()).throw(SystemExit(7)))
+    import imagic_lora.cli as cli
+    import imagic_lora.recipe as recipe
+    monkeypatch.setattr(recipe, "load_pipeline", lambda *a, **k: (_ for _ in ()).throw(SystemExit(7)))
     words = " ".join(["a large red circle on a white background"] * 12)  # 96 words > 77 tokens
     with caplog.at_level(logging.WARNING), pytest.raises(SystemExit):
-        script.main(["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
-                     "--target_prompt", words, "--output_dir", str(tmp_path / "o")])
+        cli.main(["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
+                  "--target_prompt", words, "--output_dir", str(tmp_path / "o")])
     assert "--target_prompt is 98 tokens; the text encoder reads 77, so it is cut after" in caplog.text
 
 
 def test_output_dir_inside_a_file_is_refused(tiny_sd, input_png, tmp_path, capsys):
-    from test_cli import load_script
+    import imagic_lora.cli as cli
     (tmp_path / "a-file").write_text("x")
-    code = load_script().main(["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
+    code = cli.main(["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
                                "--target_prompt", "a red circle", "--output_dir", str(tmp_path / "a-file" / "out")])
     assert code == 2 and "--output_dir" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_with_advice_and_keeps_the_checkpoint(tiny_sd, input_png, tmp_path, capsys, monkeypatch):
     import imagic_lora.diffusion as diffusion
-    from test_cli import load_script
+    import imagic_lora.cli as cli
     real = diffusion.denoising_loss
 
     def overflowing(unet, *args, **kwargs):  # fp16 overflow in step B: the loss turns to NaN
         loss = real(unet, *args, **kwargs)
         return loss * float("nan") if unet.training else loss
     monkeypatch.setattr(diffusion, "denoising_loss", overflowing)
-    code = load_script().main(["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
+    code = cli.main(["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
                                "--target_prompt", "a red circle", "--output_dir", str(tmp_path / "out"),
                                "--emb_train_steps", "2", "--max_train_steps", "5"])
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
@@ -157,10 +157,10 @@ def test_nan_loss_stops_with_advice_and_keeps_the_checkpoint(tiny_sd, input_png,
 
 
 def test_out_of_memory_names_the_levers_and_the_batch_goes_on(tiny_sd, input_png, tmp_path, monkeypatch):
-    from test_cli import load_script
+    import imagic_lora.cli as cli
     from test_batch import FAST, make_manifest, read_summary
-    script = load_script()
-    real = script.finetune
+    import imagic_lora.recipe as recipe
+    real = recipe.finetune
     calls = []
 
     def oom_once(*args, **kwargs):
@@ -168,9 +168,9 @@ def test_out_of_memory_names_the_levers_and_the_batch_goes_on(tiny_sd, input_png
         if len(calls) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*args, **kwargs)
-    monkeypatch.setattr(script, "finetune", oom_once)
+    monkeypatch.setattr(recipe, "finetune", oom_once)
     manifest = make_manifest(tmp_path, input_png, bad=False, ids=("first", "second"))
-    code = script.main(["--pretrained_model_name_or_path", str(tiny_sd), "--manifest", str(manifest),
+    code = cli.main(["--pretrained_model_name_or_path", str(tiny_sd), "--manifest", str(manifest),
                         "--output_dir", str(tmp_path / "runs"), *FAST])
     summary = read_summary(tmp_path / "runs")
     assert code == 1 and summary["first"]["status"] == "failed" and summary["second"]["status"] == "ok"

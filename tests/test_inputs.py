@@ -9,17 +9,16 @@ import pytest
 from PIL import Image
 
 from imagic_lora.config import ImagicConfig, build_parser
-from test_cli import load_script
+import imagic_lora.cli as cli
+import imagic_lora.recipe as recipe
 
 
 @pytest.fixture()
 def script(monkeypatch):
-    module = load_script()
-
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
-    monkeypatch.setattr(module, "load_pipeline", no_model)
-    return module
+    monkeypatch.setattr(recipe, "load_pipeline", no_model)
+    return cli
 
 
 def run_bad(script, capsys, tiny_sd, **overrides):
@@ -127,11 +126,10 @@ def test_overwrite_replaces_an_earlier_artifact_whole(tiny_sd, input_png, tmp_pa
 def test_a_crash_leaves_no_artifact_only_resumable_checkpoints(tiny_sd, input_png, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash in step C")
-    script = load_script()
-    monkeypatch.setattr(script, "generate_images", boom)
+    monkeypatch.setattr(recipe, "generate_images", boom)
     with pytest.raises(RuntimeError, match="simulated"):
-        script.main(["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
-                     "--target_prompt", "a red circle", "--output_dir", str(tmp_path / "out"),
+        cli.main(["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
+                  "--target_prompt", "a red circle", "--output_dir", str(tmp_path / "out"),
                      "--emb_train_steps", "1", "--max_train_steps", "2"])
     # No folder under the output's name; the hidden partial folder keeps only what --resume needs.
     assert [p.name for p in tmp_path.iterdir()] == [".out.partial"]

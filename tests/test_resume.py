@@ -16,7 +16,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from test_cli import load_script
+import imagic_lora.cli as cli
+import imagic_lora.recipe as recipe
 
 ARGS = ["--target_prompt", "a large blue square on a gray background", "--emb_train_steps", "5",
         "--max_train_steps", "120", "--train_batch_size", "2", "--checkpointing_steps", "10",
@@ -71,21 +72,18 @@ def test_kill_mid_b_then_resume_gives_the_uninterrupted_result(tiny_sd, input_pn
 
 
 def test_resume_refuses_checkpoints_made_with_other_settings(tiny_sd, input_png, tmp_path, capsys, monkeypatch):
-    script = load_script()
-
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash in step C")
-    monkeypatch.setattr(script, "generate_images", crash)
+    monkeypatch.setattr(recipe, "generate_images", crash)
     argv = ["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
             "--output_dir", str(tmp_path / "edit"), *ARGS, "--max_train_steps", "10"]
     with pytest.raises(RuntimeError):
-        script.main(argv)
+        cli.main(argv)
     with pytest.raises(RuntimeError):  # same settings: resumes (B already done) and reaches C again
-        script.main(argv + ["--resume"])
+        cli.main(argv + ["--resume"])
     capsys.readouterr()
     monkeypatch.undo()
-    script = load_script()
-    assert script.main(argv + ["--resume", "--learning_rate", "0.5"]) == 2
+    assert cli.main(argv + ["--resume", "--learning_rate", "0.5"]) == 2
     err = capsys.readouterr().err
     assert "--resume" in err and "--learning_rate" in err
     assert (tmp_path / ".edit.partial" / "checkpoints" / "phase-A").is_dir()  # nothing was thrown away
@@ -101,19 +99,18 @@ def test_main_gives_back_the_signal_handlers_it_took(tiny_sd, input_png, tmp_pat
     before = handlers()
     argv = ["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png), *ARGS,
             "--max_train_steps", "3"]
-    script = load_script()
     seen = []
-    real_generate = script.generate_images
-    monkeypatch.setattr(script, "generate_images", lambda *a, **k: (seen.append(handlers()), real_generate(*a, **k))[1])
-    assert script.main(argv + ["--output_dir", str(tmp_path / "ok")]) == 0
+    real_generate = recipe.generate_images
+    monkeypatch.setattr(recipe, "generate_images", lambda *a, **k: (seen.append(handlers()), real_generate(*a, **k))[1])
+    assert cli.main(argv + ["--output_dir", str(tmp_path / "ok")]) == 0
     assert seen and all(h[signal.SIGTERM] not in (before[signal.SIGTERM], signal.SIG_DFL) for h in seen)
     assert handlers() == before
 
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash in step C")
-    monkeypatch.setattr(script, "generate_images", crash)
+    monkeypatch.setattr(recipe, "generate_images", crash)
     with pytest.raises(RuntimeError):
-        script.main(argv + ["--output_dir", str(tmp_path / "crash")])
+        cli.main(argv + ["--output_dir", str(tmp_path / "crash")])
     assert handlers() == before
 
 
@@ -125,13 +122,13 @@ def test_a_checkpoint_from_before_a_new_flag_resumes_at_that_flags_default(tmp_p
     from imagic_lora.config import ImagicConfig
     from imagic_lora.errors import ImagicInputError
 
-    script = load_script()
     store = CheckpointStore(tmp_path / "checkpoints", 2)
-    script.check_resumable(store, ImagicConfig(), "0" * 64)
+    recipe.check_resumable(store, ImagicConfig().resolved("shapes"), "0" * 64)
     run_file = store.root / "run.json"
     old = {k: v for k, v in json.loads(run_file.read_text()).items() if not k.startswith("timestep_bias")}
     run_file.write_text(json.dumps(old))
-    script.check_resumable(store, ImagicConfig(), "0" * 64)
+    recipe.check_resumable(store, ImagicConfig().resolved("shapes"), "0" * 64)
     run_file.write_text(json.dumps(old))
     with pytest.raises(ImagicInputError, match="--timestep_bias_strategy"):
-        script.check_resumable(store, ImagicConfig(timestep_bias_strategy="later", timestep_bias_multiplier=3), "0" * 64)
+        recipe.check_resumable(store, ImagicConfig(timestep_bias_strategy="later", timestep_bias_multiplier=3)
+                               .resolved("shapes"), "0" * 64)

@@ -369,6 +369,7 @@ def test_small_unets_train_with_pytorch_convolutions_and_the_flag_comes_back(tin
     from types import SimpleNamespace
 
     import imagic_lora.diffusion as diffusion
+    import imagic_lora.runtime as runtime
     from test_cli import run_inprocess
 
     def unet(channels, dtype=torch.float32):
@@ -384,12 +385,12 @@ def test_small_unets_train_with_pytorch_convolutions_and_the_flag_comes_back(tin
                 (2, unet(32, torch.bfloat16), torch.zeros(1, 4, 16, 16), True),
                 (2, unet(32), torch.zeros(1, 4, 16, 16, device="meta"), True)]:
             torch.set_num_threads(n)
-            with diffusion.training_convolutions(model, latents):
+            with runtime.training_convolutions(model, latents):
                 assert torch.backends.mkldnn.enabled is expected, (n, model, latents.shape, latents.device)
             assert torch.backends.mkldnn.enabled
         torch.set_num_threads(2)
         with pytest.raises(RuntimeError):
-            with diffusion.training_convolutions(unet(32), torch.zeros(1, 4, 16, 16)):
+            with runtime.training_convolutions(unet(32), torch.zeros(1, 4, 16, 16)):
                 assert torch.backends.mkldnn.enabled is False
                 raise RuntimeError("boom")
         assert torch.backends.mkldnn.enabled

@@ -1,0 +1,100 @@
+"""Defaults per model family: a preset fills every setting the user did not give.
+
+The ``shapes`` preset holds the values tuned on the bundled shapes-world model (docs/shapes_benchmark.md).
+The Stable Diffusion presets start from published practice; no value of theirs has been measured on real
+weights yet (none can be downloaded where the project is developed). docs/presets.md gives each value's
+source and says which are guesses.
+
+Which preset applies is read from the model's config files (no weights): a closed vocabulary
+(``tokenizer/vocabulary.json``, the project's own small models) is ``shapes``; otherwise SDXL, SD 2.x
+(v-prediction or epsilon, by the scheduler's ``prediction_type``) or SD 1.x, by the architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+#: Settings a preset may fill (each is None in :class:`~imagic_lora.config.ImagicConfig` until resolved).
+PRESET_FIELDS = ("emb_train_steps", "emb_learning_rate", "max_train_steps", "learning_rate",
+                 "train_batch_size", "rank", "lora_target_modules", "max_grad_norm", "etas", "num_seeds",
+                 "recommended_eta", "guidance_scale", "num_inference_steps", "scheduler")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    values: dict
+    measured: bool  # were these values measured on this family's real weights?
+    sources: dict = field(default_factory=dict)  # setting -> where its value comes from
+
+
+SHAPES = Preset(
+    "shapes", "the bundled shapes-world model (and the project's other small closed-vocabulary models)",
+    dict(emb_train_steps=300, emb_learning_rate=1e-2, max_train_steps=200, learning_rate=1e-3,
+         train_batch_size=4, rank=8, lora_target_modules="attn_ff_conv", max_grad_norm=0.0,
+         etas=[0.0, 0.8, 1.0], num_seeds=8, recommended_eta=0.8, guidance_scale=3.0, num_inference_steps=25,
+         scheduler="ddim"),
+    measured=True,
+    sources={"*": "tuned on the shapes benchmark (docs/shapes_benchmark.md)"})
+
+# Stable Diffusion 1.x at 512 px. Every value a starting point from published practice (docs/presets.md).
+_SD = dict(
+    emb_train_steps=500, emb_learning_rate=1e-3,  # diffusers' community Imagic pipeline
+    max_train_steps=400, learning_rate=1e-4, train_batch_size=1,  # DreamBooth-LoRA's rate; the steps a guess
+    rank=8, lora_target_modules="attn_ff_conv", max_grad_norm=1.0,  # clipping as DreamBooth-LoRA
+    etas=[0.0, 0.6, 0.7, 0.8], num_seeds=4, recommended_eta=0.7,  # the paper: edits at eta 0.6-0.8
+    guidance_scale=7.5, num_inference_steps=25, scheduler="dpmsolver++")  # the paper's guidance; DPM-Solver++
+_SD_SOURCES = {
+    "emb_train_steps": "diffusers community Imagic pipeline (500 steps at 1e-3; the paper: 1000 at 2e-3)",
+    "emb_learning_rate": "diffusers community Imagic pipeline and its forks (1e-3)",
+    "max_train_steps": "a guess between FastEdit's 50 LoRA steps and DreamBooth-LoRA's 500-1000",
+    "learning_rate": "DreamBooth-LoRA practice (1e-4; the paper's full fine-tune: 5e-7)",
+    "train_batch_size": "the published implementations draw one noise per step (step A follows it)",
+    "rank": "DreamBooth-LoRA practice (4-8)",
+    "lora_target_modules": "the shapes benchmark (attention alone does not hold the layout) and Forgedit (the "
+                           "UNet's convolutional encoder holds the layout)",
+    "max_grad_norm": "DreamBooth-LoRA practice (1.0)",
+    "etas": "the paper (edits usually between 0.6 and 0.8), plus eta 0 to show the reconstruction",
+    "num_seeds": "a guess: the pick needs several seeds; the paper draws 8",
+    "recommended_eta": "the paper (0.6-0.8)",
+    "guidance_scale": "the paper and the community pipeline (7.5)",
+    "num_inference_steps": "DPM-Solver++ in 25 steps, diffusers' fast sampler (the community pipeline: DDIM 50)",
+    "scheduler": "DPM-Solver++ in 25 steps, diffusers' fast sampler (the community pipeline: DDIM 50)",
+}
+SD1 = Preset("sd1", "Stable Diffusion 1.x (512 px)", dict(_SD), measured=False, sources=_SD_SOURCES)
+SD2 = Preset("sd2", "Stable Diffusion 2.x base, epsilon prediction (512 px)", dict(_SD), measured=False,
+             sources=_SD_SOURCES)
+SD2_V = Preset("sd2-v", "Stable Diffusion 2.x, v-prediction (768 px)", dict(_SD), measured=False, sources=_SD_SOURCES)
+SDXL = Preset("sdxl", "Stable Diffusion XL (1024 px)", dict(_SD, guidance_scale=5.0, num_seeds=2), measured=False,
+              sources={**_SD_SOURCES, "guidance_scale": "SDXL practice (5-7; diffusers' SDXL examples use 5)",
+                       "num_seeds": "a guess, fewer than SD's: an SDXL UNet call costs 8.5x an SD 1.5 one"})
+
+PRESETS = {p.name: p for p in (SHAPES, SD1, SD2, SD2_V, SDXL)}
+
+
+def detect_preset(pretrained_model_name_or_path: str, revision: str | None = None) -> str:
+    """The preset for a model, from its config files alone (no weights are read)."""
+    from diffusers import UNet2DConditionModel
+
+    from .models import load_tokenizer_and_vocabulary, model_family, scheduler_config
+    family = model_family(pretrained_model_name_or_path, revision)
+    _, vocabulary = load_tokenizer_and_vocabulary(pretrained_model_name_or_path, revision)
+    if vocabulary is not None:
+        return "shapes"
+    if family == "sdxl":
+        return "sdxl"
+    unet = UNet2DConditionModel.load_config(pretrained_model_name_or_path, subfolder="unet", revision=revision)
+    if unet.get("cross_attention_dim") == 1024:
+        prediction = scheduler_config(pretrained_model_name_or_path, revision).get("prediction_type", "epsilon")
+        return "sd2-v" if prediction == "v_prediction" else "sd2"
+    return "sd1"
+
+
+def apply_preset(cfg, name: str):
+    """``cfg`` with every preset setting it leaves unset (None) taken from the preset ``name``."""
+    values = {k: v for k, v in PRESETS[name].values.items() if getattr(cfg, k) is None}
+    if "etas" in values:
+        values["etas"] = list(values["etas"])
+    return dataclasses.replace(cfg, preset=name, **values)
