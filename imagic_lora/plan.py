@@ -253,7 +253,7 @@ class Plan:
             f"estimated peak memory: {self.peak:.2f} GiB{free} (A {self.peak_gib['A']:.2f}, B {self.peak_gib['B']:.2f}, "
             f"C {self.peak_gib['C']:.2f})",
             f"work: {total_fwd:.0f} UNet forward-equivalents at {self.resolution} px ({per_phase}), "
-            f"{total_tflop:.3g} TFLOP",
+            + (f"{total_tflop / 1000:.2f} PFLOP" if total_tflop >= 1000 else f"{total_tflop:.3g} TFLOP"),
         ]
         return lines + self.notes
 
