@@ -1,13 +1,13 @@
 """The edit artifact: what an edit leaves on disk, written whole or not at all, and read back.
 
 A folder holding
-- ``pytorch_lora_weights.safetensors``: the LoRA in diffusers format (``load_lora_weights``);
-- ``imagic_lora_kohya.safetensors``: the same LoRA for AUTOMATIC1111 / ComfyUI;
+- ``pytorch_lora_weights.safetensors``: the LoRA, truncated to its budget and in fp16, in kohya's format:
+  diffusers' ``load_lora_weights`` (which finds it by this name), ComfyUI and AUTOMATIC1111 load it;
 - ``imagic_embeds.safetensors``: ``target_prompt_embeds`` and ``optimized_prompt_embeds``
   (SDXL adds ``target_pooled_prompt_embeds`` and ``optimized_pooled_prompt_embeds``);
 - ``imagic_config.json``: base model, prompt, hyper-parameters, recommended η, timings;
 - ``README.md``: a model card with a usage snippet for a stock diffusers pipeline.
-A full fine-tune (the paper's step B) stores ``unet/`` instead of the two LoRA files.
+A full fine-tune (the paper's step B) stores ``unet/`` instead of the LoRA.
 Only safetensors and JSON: nothing is unpickled, and metadata strings are treated as data.
 """
 
@@ -23,24 +23,19 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .conditioning import PromptEmbeds, interpolate, is_sdxl
-from .lora import kohya_state_dict, lora_adapter_metadata, lora_state_dict
 from .output import CONFIG_NAME
 
+#: The one LoRA file: kohya's format (``lora_unet_...``), which diffusers (``load_lora_weights``, by this
+#: default name), ComfyUI, AUTOMATIC1111 and kohya's scripts all load.
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-KOHYA_WEIGHT_NAME = "imagic_lora_kohya.safetensors"
 EMBEDS_NAME = "imagic_embeds.safetensors"
 FULL_UNET_DIR = "unet"
 ARTIFACT_FORMAT = "imagic-lora/1"
 
 
-def save_lora_files(folder: Path, pipe, *, lora_alpha: float, kohya_metadata: dict[str, str] | None) -> None:
-    """The UNet's adapter in diffusers format (+ kohya format when ``kohya_metadata`` is given)."""
-    type(pipe).save_lora_weights(folder, unet_lora_layers=lora_state_dict(pipe.unet),
-                                 unet_lora_adapter_metadata=lora_adapter_metadata(pipe.unet),
-                                 weight_name=LORA_WEIGHT_NAME, safe_serialization=True)
-    if kohya_metadata is not None:
-        save_file(kohya_state_dict(pipe.unet, lora_alpha, sgm_names=is_sdxl(pipe)), folder / KOHYA_WEIGHT_NAME,
-                  metadata=kohya_metadata)
+def save_lora(folder: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """The adapter as saved (kohya-format keys; see :mod:`imagic_lora.compress`)."""
+    save_file(state, folder / LORA_WEIGHT_NAME, metadata=metadata)
 
 
 def save_full_unet(folder: Path, unet, dtype: torch.dtype) -> None:
@@ -138,12 +133,12 @@ def check_finite_file(path: Path) -> None:
             raise ValueError(f"{path}: {name} holds NaN or infinite values")
 
 
-def load_edit(pipe, folder: str | os.PathLike, adapter_name: str = "imagic", kohya: bool = False) -> ImagicEdit:
-    """Load an artifact into a stock pipeline (its LoRA, or its full UNet); return the embeddings.
+def load_edit(pipe, folder: str | os.PathLike, adapter_name: str = "imagic") -> ImagicEdit:
+    """Load an artifact into a stock pipeline (its LoRA, or its full UNet); return the embeddings and the
+    run's record (``recommended_eta``, ``recommended_seed``: the edit the run picked).
 
     Refuses an artifact made for another model family, embedding width or sequence length, and one
-    whose weights are not finite. ``kohya=True`` loads the kohya copy instead of the diffusers file
-    (they give the same images).
+    whose weights are not finite.
     """
     folder = Path(folder)
     edit = read_edit(folder)
@@ -173,12 +168,29 @@ def load_edit(pipe, folder: str | os.PathLike, adapter_name: str = "imagic", koh
                                                     use_safetensors=True)
         pipe.register_modules(unet=unet.to(pipe.device))
     else:
-        weight_name = KOHYA_WEIGHT_NAME if kohya else LORA_WEIGHT_NAME
+        weight_name = LORA_WEIGHT_NAME
         if not (folder / weight_name).is_file():
             raise ValueError(f"{folder} has no {weight_name}")
         check_finite_file(folder / weight_name)
-        pipe.load_lora_weights(folder, weight_name=weight_name, adapter_name=adapter_name)
+        load_lora(pipe, folder, adapter_name=adapter_name, weight_name=weight_name)
     return edit
+
+
+def load_lora(pipe, source, adapter_name: str, **kwargs) -> None:
+    """``pipe.load_lora_weights(source, ...)``, without diffusers' note that the text encoder has no LoRA
+    keys: an imagic-lora LoRA adapts the UNet alone, so the note says nothing wrong."""
+    import logging
+
+    from .quiet import no_text_encoder_lora_note
+    loaders = [logging.getLogger(f"diffusers.loaders.{m}") for m in ("lora_base", "peft", "lora_pipeline")]
+    note = no_text_encoder_lora_note()
+    for logger in loaders:
+        logger.addFilter(note)
+    try:
+        pipe.load_lora_weights(source, adapter_name=adapter_name, **kwargs)
+    finally:
+        for logger in loaders:
+            logger.removeFilter(note)
 
 
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -269,9 +281,8 @@ def write_model_card(folder: Path, config: dict) -> None:
         load_weights = ('from diffusers import UNet2DConditionModel\n'
                         f'pipe.unet = UNet2DConditionModel.from_pretrained("{config["artifact_name"]}/unet")')
     else:
-        files.insert(0, ("pytorch_lora_weights.safetensors", "the LoRA, diffusers format"))
-        if config.get("output_kohya_format"):
-            files.insert(1, (KOHYA_WEIGHT_NAME, "the same LoRA, kohya format (AUTOMATIC1111, ComfyUI)"))
+        files.insert(0, (LORA_WEIGHT_NAME, "the LoRA, in kohya's format: diffusers, ComfyUI and AUTOMATIC1111 "
+                                           "load it"))
         load_weights = (f'pipe.load_lora_weights("{config["artifact_name"]}")\n'
                         'pipe.fuse_lora()  # as the run drew its images: faster, and needed to match them exactly')
     call = 'prompt_embeds=mix("prompt_embeds")'
@@ -307,8 +318,8 @@ def write_model_card(folder: Path, config: dict) -> None:
         num_inference_steps=config["num_inference_steps"], seed=seed, revision=config["revision"],
         emb_train_steps=config["emb_train_steps"], emb_learning_rate=config["emb_learning_rate"],
         max_train_steps=config["max_train_steps"], learning_rate=config["learning_rate"],
-        lora_line="" if full else f", rank {config['rank']}, alpha {config['lora_alpha_used']}, "
-                                  f"targets {config['lora_target_module_list']}",
+        lora_line="" if full else (f", rank {config['rank']}, alpha {config['lora_alpha_used']}, targets "
+                                   f"{config['lora_target_module_list']}" + _saved_line(config)),
         exactness=_exactness(config),
         time_a=timings.get("A", 0.0), time_b=timings.get("B", 0.0), time_c=timings.get("C", 0.0),
         device=config.get("device", "?"),
@@ -327,3 +338,11 @@ def _picked_line(config: dict) -> str:
                  "suggestion. `picked.ranking` lists every image in the order the rule prefers them; look at "
                  "`images/grid.png`.")
     return line
+
+
+def _saved_line(config: dict) -> str:
+    saved = config.get("lora_saved")
+    if not saved:
+        return ""
+    return (f"; saved: {saved['parameters']:,} of its {saved['trained_parameters']:,} parameters (budget "
+            f"{saved['budget']}), keeping {saved['kept_energy']:.1%} of its weight update, in fp16")

@@ -7,13 +7,21 @@ import logging
 import sys
 
 from .config import parse_args
+from .errors import ImagicInputError
 from .interrupt import stop_with_launcher
+from .quiet import silence_known_messages
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the flags, then run (the heavy libraries load only after the flags parsed)."""
     logging.basicConfig(format="%(name)s: %(message)s", level=logging.INFO)
     cfg = parse_args(argv)
+    try:  # what needs no model, before the heavy libraries load (a second at most)
+        cfg.validate(check_image=False, complete=False)
+    except ImagicInputError as e:
+        print(f"imagic_lora: error: {e}", file=sys.stderr)
+        return 2
+    silence_known_messages()  # before the libraries that log them are imported
     from .runner import run
     return run(cfg)
 

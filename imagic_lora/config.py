@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ImagicInputError
+from .errors import ImageFileError, ImagicInputError
 from .output import OutputError, check_output_dir, check_writable
 
 #: The model the package ships: a small Stable-Diffusion-format model of the "shapes world".
@@ -102,8 +102,10 @@ class ImagicConfig:
     checkpointing_steps: int = _field(
         50, "Step B: save a resumable checkpoint every this many steps (0: never).", "output")
     checkpoints_total_limit: int = _field(2, "Keep at most this many step-B checkpoints.", "output")
-    output_kohya_format: bool = _field(
-        True, "Also write a kohya-format LoRA (AUTOMATIC1111, ComfyUI).", "output")
+    lora_budget: float | None = _field(
+        None, "The saved LoRA keeps at most this share of the trained adapter's parameters: a low-rank "
+        "truncation keeping the most of its weight update per parameter, stored in fp16 (1: every parameter); step "
+        "C draws with the LoRA as saved. Preset: 1 on the shapes model, 0.25 on Stable Diffusion.", "output")
     report_to: str | None = _field(None, "Log losses to this tracker (tensorboard).", "output",
                                    choices=(None, "tensorboard"))
     seed: int = _field(0, "Seed of every random draw (timesteps, noise, LoRA init, sampling).", "output")
@@ -124,6 +126,10 @@ class ImagicConfig:
         "--emb_train_batch_size is given).", "B")
     max_grad_norm: float | None = _field(
         None, "Step B: clip the gradient norm to this (0: no clipping).", "B")
+    lr_scheduler: str = _field(
+        "constant", "Learning-rate schedule of steps A and B (diffusers' names): constant, constant_with_warmup, "
+        "cosine or linear.", "B", choices=("constant", "constant_with_warmup", "cosine", "linear"))
+    lr_warmup_steps: int = _field(0, "Steps A and B: warmup steps of --lr_scheduler.", "B")
     gradient_accumulation_steps: int = _field(
         1, "Accumulate gradients over this many batches per step (saves memory).", "B")
     timestep_bias_strategy: str = _field(
@@ -142,7 +148,9 @@ class ImagicConfig:
         None, "LoRA targets: a preset (attn, attn_ff, attn_ff_conv) or a comma list of module names.", "B")
     full_finetune: bool = _field(
         False, "Step B as in the paper: train every UNet weight (the quality and cost reference).", "B")
-    use_8bit_adam: bool = _field(True, "Step B optimiser: bitsandbytes AdamW8bit (else torch AdamW).", "B")
+    use_8bit_adam: bool | None = _field(
+        None, "Step B optimiser: bitsandbytes AdamW8bit, else torch's fused AdamW; when not given: 8-bit on a GPU "
+        "(its state takes a quarter of the memory), torch's on the CPU (faster there).", "B")
     adam_weight_decay: float = _field(1e-2, "Step B: AdamW weight decay.", "B")
     # --- precision and memory ------------------------------------------------------------
     mixed_precision: str | None = _field(
@@ -164,6 +172,9 @@ class ImagicConfig:
     recommended_eta: float | None = _field(
         None, "The eta the artifact recommends when the pick is off (recorded in its config).", "C")
     num_seeds: int | None = _field(None, "Images per eta: seeds seed, seed+1, ...", "C")
+    num_reconstruction_seeds: int = _field(
+        1, "Eta 0 (the input back, to see the fine-tuning held) is drawn for this many of the seeds only; "
+        "every other eta for all.", "C")
     # Batched is about twice as fast on a CPU; SDXL at 1024 px decodes in fp32, so one at a time.
     sample_batch_size: int | None = _field(
         None, "Step C: images per pipeline call; 8 up to 256 px, else 4 (SDXL: 1) when not given. 1 uses the least "
@@ -181,6 +192,8 @@ class ImagicConfig:
         0.25, "The pick, step 1: candidates whose edge structure lies within this distance of the input's "
               "(1 - correlation of blurred edge maps, in [0, 2]) kept its layout; when one of them beats the "
               "input's text score, the pick is made among them alone (0 turns this step off).", "pick")
+    pick_timesteps: int = _field(
+        16, "The pick scores each image at this many noise levels (the noisier half of the schedule).", "pick")
     pick_keep_fraction: float = _field(
         0.6, "The pick, step 2 (when step 1 does not decide): a candidate counts as edited when its text score "
              "lies at least this fraction of the way from the input's score to the best, in (0, 1].", "pick")
@@ -189,6 +202,12 @@ class ImagicConfig:
     @property
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_seeds)]
+
+    @property
+    def pairs(self) -> list[tuple[float, int]]:
+        """The (eta, seed) of every image step C draws: eta 0 for the first --num_reconstruction_seeds."""
+        return [(eta, seed) for eta in self.etas for i, seed in enumerate(self.seeds)
+                if eta != 0 or i < self.num_reconstruction_seeds]
 
     @property
     def lora_target_module_list(self) -> list[str]:
@@ -206,17 +225,20 @@ class ImagicConfig:
     def effective_lora_alpha(self) -> float:
         return float(self.rank if self.lora_alpha is None else self.lora_alpha)
 
-    def validate(self, check_image: bool = True) -> "ImagicConfig":
+    def validate(self, check_image: bool = True, complete: bool = True) -> "ImagicConfig":
         """Check everything that can be checked without a model; raise ImagicInputError.
 
         ``check_image=False`` leaves the image to the job (a manifest's bad image fails its job only).
+        ``complete=False`` checks a config whose preset is not applied yet (the settings it fills are
+        skipped), and neither the image nor the output folder: the command line does so right after
+        parsing, before any heavy library is imported.
         """
-        from .images import check_image_file  # local: keeps `--help` free of PIL imports
         from .presets import PRESET_FIELDS
 
         unresolved = [name for name in PRESET_FIELDS if getattr(self, name) is None]
-        if unresolved:
+        if unresolved and complete:
             raise ValueError(f"{', '.join(unresolved)} not set: resolve the config first (ImagicConfig.resolved())")
+        check_image = check_image and complete
         if self.manifest and self.tedbench:
             raise ImagicInputError("--manifest", "cannot be combined with --tedbench; give one job list")
         for f in dataclasses.fields(self):  # choices hold for a manifest's values as for the flags
@@ -228,15 +250,19 @@ class ImagicConfig:
         if check_image:
             if not self.input_image:
                 raise ImagicInputError("--input_image", "is required")
-            check_image_file(self.input_image, flag="--input_image")
+            from .images import check_image_file  # local: PIL and numpy only when an image is checked
+            try:
+                check_image_file(self.input_image)
+            except ImageFileError as e:
+                raise ImagicInputError("--input_image", str(e)) from None
             if self.target_prompt is None or not self.target_prompt.strip():
                 raise ImagicInputError("--target_prompt", "is empty; describe the wanted image")
         if self.target_prompt is not None:
             check_text(self.target_prompt, "--target_prompt")
-        if not self.etas:
+        if self.etas is not None and not self.etas:
             raise ImagicInputError("--etas", "is empty; give at least one value, e.g. --etas 0 0.7 1")
         names = {}
-        for eta in self.etas:
+        for eta in self.etas or []:
             if not (math.isfinite(eta) and abs(eta) <= MAX_ETA):
                 raise ImagicInputError("--etas", f"{eta} is outside [-{MAX_ETA:g}, {MAX_ETA:g}]")
             name = f"{eta:.2f}"  # the images are named by eta to 2 decimals
@@ -244,37 +270,42 @@ class ImagicConfig:
                 raise ImagicInputError("--etas", f"{names[name]:g} and {eta:g} are the same eta to 2 decimals "
                                                  f"({name}), which names the images")
             names[name] = eta
-        if not (math.isfinite(self.recommended_eta) and abs(self.recommended_eta) <= MAX_ETA):
+        if self.recommended_eta is not None and not (math.isfinite(self.recommended_eta)
+                                                     and abs(self.recommended_eta) <= MAX_ETA):
             raise ImagicInputError("--recommended_eta", f"{self.recommended_eta} is outside [-{MAX_ETA:g}, "
                                                         f"{MAX_ETA:g}]")
         positive_ints = ("emb_train_steps", "max_train_steps", "train_batch_size", "emb_train_batch_size", "rank",
                          "num_seeds", "sample_batch_size", "num_inference_steps", "gradient_accumulation_steps",
-                         "checkpointing_steps", "checkpoints_total_limit")
+                         "checkpointing_steps", "checkpoints_total_limit", "num_reconstruction_seeds",
+                         "pick_timesteps", "lr_warmup_steps")
         for name in positive_ints:
             value = getattr(self, name)
             if value is None:  # a default chosen later, per model family
                 continue
             # Zero steps is allowed for A and B (the paper's ablation) and for checkpoints (none).
-            minimum = 0 if name in ("emb_train_steps", "max_train_steps", "checkpointing_steps") else 1
+            minimum = 0 if name in ("emb_train_steps", "max_train_steps", "checkpointing_steps",
+                                    "num_reconstruction_seeds", "lr_warmup_steps") else 1
             if value < minimum:
                 raise ImagicInputError(f"--{name}", f"must be >= {minimum}, got {value}")
         # A: seed, B: seed + 1, the pick: seed + 2, C: seed .. seed + num_seeds - 1; every one a 63-bit seed.
-        last_seed = self.seed + max(self.num_seeds, 3) - 1
-        if self.seed < 0 or last_seed > MAX_SEED:
+        seeds = max(self.num_seeds or 1, 3)
+        if self.seed < 0 or self.seed + seeds - 1 > MAX_SEED:
             shown = self.seed if abs(self.seed) < 10 ** 20 else f"{self.seed:.3g}"
-            raise ImagicInputError("--seed", f"must be in 0..{MAX_SEED - max(self.num_seeds, 3) + 1} (the run also "
-                                             f"uses the next seeds), got {shown}")
+            raise ImagicInputError("--seed", f"must be in 0..{MAX_SEED - seeds + 1} (the run also uses the next "
+                                             f"seeds), got {shown}")
         for name in ("emb_learning_rate", "learning_rate"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
+            if value is not None and not (math.isfinite(value) and value > 0):
                 raise ImagicInputError(f"--{name}", f"must be a positive number, got {value}")
-        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
             raise ImagicInputError("--max_grad_norm", f"must be >= 0 (0: no clipping), got {self.max_grad_norm}")
         if not (math.isfinite(self.timestep_bias_multiplier) and self.timestep_bias_multiplier > 0):
             raise ImagicInputError("--timestep_bias_multiplier", f"must be a positive number, got "
                                                                  f"{self.timestep_bias_multiplier}")
         if not (math.isfinite(self.pick_place_distance) and 0 <= self.pick_place_distance <= 2):
             raise ImagicInputError("--pick_place_distance", f"must be in [0, 2] (0: off), got {self.pick_place_distance}")
+        if self.lora_budget is not None and not (math.isfinite(self.lora_budget) and 0 < self.lora_budget <= 1):
+            raise ImagicInputError("--lora_budget", f"must be in (0, 1] (1: the whole adapter), got {self.lora_budget}")
         if not 0 < self.pick_keep_fraction <= 1:
             raise ImagicInputError("--pick_keep_fraction", f"must be in (0, 1], got {self.pick_keep_fraction}")
         if not 0 < self.timestep_bias_portion <= 1:
@@ -288,28 +319,28 @@ class ImagicConfig:
                                                               f"{self.timestep_bias_end}")
         if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ImagicInputError("--lora_alpha", f"must be a positive number, got {self.lora_alpha}")
-        if not self.lora_target_module_list:
+        if self.lora_target_modules is not None and not self.lora_target_module_list:
             raise ImagicInputError("--lora_target_modules", "names no module")
-        if self.rank > MAX_RANK:
+        if self.rank is not None and self.rank > MAX_RANK:
             raise ImagicInputError("--rank", f"must be at most {MAX_RANK}, got {self.rank}")
         if self.resolution is not None and not (8 <= self.resolution <= MAX_RESOLUTION and self.resolution % 8 == 0):
             raise ImagicInputError("--resolution", f"must be a multiple of 8 from 8 to {MAX_RESOLUTION}, got "
                                                    f"{self.resolution}")
-        if self.guidance_scale < 0 or not math.isfinite(self.guidance_scale):
+        if self.guidance_scale is not None and (self.guidance_scale < 0 or not math.isfinite(self.guidance_scale)):
             raise ImagicInputError("--guidance_scale", f"must be >= 0, got {self.guidance_scale}")
-        if self.report_to == "tensorboard":
-            try:
-                import tensorboard  # noqa: F401
-            except ImportError:
-                raise ImagicInputError("--report_to", "tensorboard is not installed (pip install tensorboard)") from None
+        if self.report_to == "tensorboard" and not _installed("tensorboard"):
+            raise ImagicInputError("--report_to", "tensorboard is not installed (pip install tensorboard)")
+        if self.use_8bit_adam and not _installed("bitsandbytes"):
+            raise ImagicInputError("--use_8bit_adam", "bitsandbytes is not installed (pip install bitsandbytes); "
+                                                      "pass --no-use_8bit_adam for torch's AdamW")
         if self.enable_xformers_memory_efficient_attention:
-            try:
-                import xformers  # noqa: F401
-            except ImportError:
+            if not _installed("xformers"):
                 raise ImagicInputError(
                     "--enable_xformers_memory_efficient_attention",
                     "xformers is not installed (pip install 'imagic-lora[xformers]'; CUDA only); "
-                    "leave the flag off to use PyTorch SDPA") from None
+                    "leave the flag off to use PyTorch SDPA")
+        if not complete:
+            return self
         try:
             if check_image:  # a single edit: --output_dir is the artifact
                 check_output_dir(self.output_dir, overwrite=self.overwrite, resume=self.resume)
@@ -355,11 +386,20 @@ ARTIFACT_DIFFERENCES = ROUNDING_ONLY | {
 #: Settings that change only step C and the pick, which a resume redoes from the checkpoint of step B.
 STEP_C_SETTINGS = frozenset({"etas", "num_seeds", "recommended_eta", "guidance_scale", "num_inference_steps",
                              "scheduler", "pick_edit", "pick_keep_fraction", "pick_place_distance",
-                             "output_kohya_format"})
+                             "lora_budget", "num_reconstruction_seeds", "pick_timesteps"})
 #: Settings that do not change what steps A and B compute: a checkpoint made under other values resumes.
 RESUMABLE_DIFFERENCES = ARTIFACT_DIFFERENCES | STEP_C_SETTINGS
 #: Keys an imagic-lora 0.1 record (no "settings" entry) holds as resolved, not as given.
 LEGACY_RESOLVED = frozenset({"emb_train_batch_size", "mixed_precision", "resolution", "sample_batch_size"})
+
+
+def _installed(package: str) -> bool:
+    """Whether ``package`` can be imported, without importing it (xformers would import torch)."""
+    import importlib.util
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ValueError:
+        return False
 
 
 def changed_settings(before: dict, now: dict) -> list[str]:
@@ -455,7 +495,7 @@ def _default_text(f: dataclasses.Field) -> str:
     return f" (default: {default})"
 
 
-def build_parser(prog: str = "imagic-lora") -> argparse.ArgumentParser:
+def build_parser(prog: str = "imagic_lora") -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
         prog=prog, allow_abbrev=False, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Imagic with LoRA: edit one real image from a target text with a Stable Diffusion model. "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .conditioning import PromptEmbeds, unet_condition
-from .errors import ImagicInputError
+from .errors import ArgumentError
 
 
 @contextlib.contextmanager
@@ -69,17 +70,17 @@ def timestep_weights(strategy: str, num_train_timesteps: int, *, multiplier: flo
     ``later`` multiplies the weight of the last ``portion`` of the schedule (the noisiest timesteps,
     where the layout of the image is decided) by ``multiplier``; ``earlier`` the first ``portion``;
     ``range`` the timesteps ``begin`` .. ``end``-1. The result sums to 1. A bias that would select no
-    timestep of this schedule is refused (ImagicInputError naming the flag) rather than ignored.
+    timestep of this schedule is refused (ArgumentError naming the argument) rather than ignored.
     """
     if strategy == "none" or multiplier == 1.0:
         return None
     count = int(portion * num_train_timesteps)
     if strategy in ("later", "earlier") and count < 1:
-        raise ImagicInputError("--timestep_bias_portion", f"{portion} of {num_train_timesteps} timesteps is none; "
-                                                          f"use at least {1 / num_train_timesteps:g}")
+        raise ArgumentError("portion", f"{portion} of {num_train_timesteps} timesteps is none; "
+                                       f"use at least {1 / num_train_timesteps:g}")
     if strategy == "range" and end > num_train_timesteps:
-        raise ImagicInputError("--timestep_bias_end", f"{end} is past the schedule's {num_train_timesteps} "
-                                                      f"timesteps (0..{num_train_timesteps - 1})")
+        raise ArgumentError("end", f"{end} is past the schedule's {num_train_timesteps} "
+                                   f"timesteps (0..{num_train_timesteps - 1})")
     weights = torch.ones(num_train_timesteps, dtype=torch.float64)
     biased = {"later": slice(num_train_timesteps - count, None), "earlier": slice(0, count),
               "range": slice(begin, end)}[strategy]
@@ -172,7 +173,7 @@ def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptE
 def minimise(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds, optimizer, *, accelerator,
              steps: int, batch_size: int, generator: torch.Generator, weight_dtype: torch.dtype,
              add_time_ids: torch.Tensor | None = None, timestep_weights: torch.Tensor | None = None,
-             desc: str = "", start_step: int = 0, max_grad_norm: float = 0.0,
+             desc: str = "", start_step: int = 0, max_grad_norm: float = 0.0, lr_scheduler=None,
              on_step: Callable[[int, list, NoiseDraws], None] | None = None,
              log: Callable[[dict, int], None] | None = None) -> list[float]:
     """The optimisation loop of steps A and B: optimiser steps ``start_step`` .. ``steps``-1 on L.
@@ -181,7 +182,8 @@ def minimise(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds,
     Each step averages ``accelerator.gradient_accumulation_steps`` batches of ``batch_size``
     draws; only the forward pass and the loss run under autocast, the backward pass and the
     optimiser step outside it. ``max_grad_norm`` > 0 clips the gradient norm (unscaled under
-    fp16). Returns the losses of the steps run. Losses stay on the device (no host sync per
+    fp16). ``lr_scheduler`` (a torch LR scheduler over ``optimizer``, already at ``start_step``) steps
+    after each optimiser step. Returns the losses of the steps run. Losses stay on the device (no host sync per
     step) except every 10th, which is checked for NaN/inf, shown on the progress bar and passed
     to ``log``. ``on_step(step, losses, draws)`` runs after each step (checkpoints, interruption).
     """
@@ -189,8 +191,9 @@ def minimise(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds,
     params = [p for group in optimizer.param_groups for p in group["params"]]
     draws = NoiseDraws(latents, batch_size, noise_scheduler.config.num_train_timesteps, generator, timestep_weights)
     losses: list[torch.Tensor] = []
+    # The main process shows a bar on a terminal; a log file gets none (disable=None: tqdm asks the stream).
     progress = tqdm(range(start_step, steps), desc=desc, initial=start_step, total=steps,
-                    disable=not accelerator.is_local_main_process)
+                    disable=None if accelerator.is_local_main_process else True)
     for step in progress:
         step_loss = torch.zeros((), device=latents.device)
         for _ in range(accumulation):
@@ -202,6 +205,8 @@ def minimise(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds,
                 if max_grad_norm and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, max_grad_norm)
                 optimizer.step()
+                if lr_scheduler is not None and accelerator.sync_gradients:
+                    lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             step_loss += loss.detach() / accumulation
         losses.append(step_loss)
@@ -217,10 +222,25 @@ def minimise(unet, noise_scheduler, latents: torch.Tensor, embeds: PromptEmbeds,
     return [float(v) for v in losses]
 
 
+def make_lr_scheduler(name: str, optimizer, *, warmup_steps: int, total_steps: int, start_step: int = 0):
+    """diffusers' learning-rate schedule ``name`` (constant, cosine, ...) over ``total_steps`` optimiser
+    steps, moved on to ``start_step`` (a resumed loop); None for a constant rate without warmup."""
+    if name == "constant" and warmup_steps == 0:
+        return None
+    from diffusers.optimization import get_scheduler
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=min(warmup_steps, total_steps),
+                              num_training_steps=max(total_steps, 1))
+    with warnings.catch_warnings():  # stepping before any optimiser step is what a resume means here
+        warnings.simplefilter("ignore")
+        for _ in range(start_step):
+            scheduler.step()
+    return scheduler
+
+
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or inf: under fp16 this is overflow; bf16 or fp32 avoid it."""
+    """The loss became NaN or inf: under fp16 this is overflow; bf16 or fp32 avoid it, a lower learning
+    rate may."""
 
     def __init__(self, phase: str, step: int, value: float):
         self.phase, self.step, self.value = phase, step, value
-        super().__init__(f"{phase}: the loss became {value} at step {step}; under --mixed_precision fp16 this is "
-                         "overflow: use --mixed_precision bf16 (Ampere or newer) or no, or lower the learning rate")
+        super().__init__(f"{phase}: the loss became {value} at step {step} (in fp16: an overflow)")

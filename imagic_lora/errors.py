@@ -1,7 +1,13 @@
-"""User-facing errors.
+"""Errors, in two layers.
 
-An :class:`ImagicInputError` is bad input from the user: the CLI prints its message on one
-line and exits non-zero, without a traceback. Library callers get an ordinary ``ValueError``.
+The library raises typed errors about its own arguments: :class:`ArgumentError` (a value an argument
+cannot take, named as the function names it), :class:`ImageFileError` (an image file that cannot be
+read) and :class:`ModelError` (a base model that cannot be loaded). Library callers get them as
+``ValueError``.
+
+The command line's layer (its config, its run) raises :class:`ImagicInputError`, which names the flag
+to change; it maps the library's errors to flags. The CLI prints it on one line and exits with code 2,
+without a traceback.
 """
 
 
@@ -12,3 +18,27 @@ class ImagicInputError(ValueError):
         self.flag = flag
         self.problem = problem
         super().__init__(f"{flag}: {problem}" if flag else problem)
+
+
+class ArgumentError(ValueError):
+    """A library function's argument ``name`` holds a value that cannot work."""
+
+    def __init__(self, name: str, problem: str):
+        self.name, self.problem = name, problem
+        super().__init__(f"{name}: {problem}")
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be used: missing, not a regular file, unreadable, too large."""
+
+    def __init__(self, path, problem: str):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path} {problem}")
+
+
+class ModelError(ValueError):
+    """A base model that cannot be read or loaded (``name``: its hub id or folder)."""
+
+    def __init__(self, name: str, problem: str):
+        self.name, self.problem = name, problem
+        super().__init__(f"{name!r}: {problem}")

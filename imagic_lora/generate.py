@@ -36,10 +36,8 @@ def generate_image(pipe, embeds: PromptEmbeds, *, seed: int, guidance_scale: flo
 def generate_images(pipe, embeds: list[PromptEmbeds], seeds: list[int], *, guidance_scale: float,
                     num_inference_steps: int, resolution: int | None = None) -> list[Image.Image]:
     """N images in one pipeline call: image i from ``embeds[i]`` (1, L, D) [+ (1, P)] and the
-    initial latents of ``seeds[i]``, drawn as :func:`generate_image` draws them.
-
-    On a CPU one call of 4 images takes about half the time of 4 calls of one.
-    """
+    initial latents of ``seeds[i]``, drawn as :func:`generate_image` draws them (faster per image than
+    one call each)."""
     kwargs = PromptEmbeds.cat(embeds).pipeline_kwargs(dtype=pipe.unet.dtype)
     kwargs = {k: v.to(pipe.device) for k, v in kwargs.items()}
     return pipe(**kwargs, height=resolution, width=resolution, guidance_scale=guidance_scale,
@@ -62,10 +60,9 @@ def generate_sweep(pipe, e_tgt: PromptEmbeds, e_opt: PromptEmbeds, *, etas: list
 
 
 def default_sample_batch_size(sdxl: bool, resolution: int) -> int:
-    """Images per step-C pipeline call when --sample_batch_size is not given. Batches go faster
-    per image on a CPU (bundled 64 px model, LoRA fused: 0.23 s an image at 4 per call, 0.18 s
-    at 8); the batch of 8 is kept to small images, whose VAE decode stays small, so that SD at
-    512 px keeps its 4 and SDXL at 1024 px, which decodes in fp32, its 1."""
+    """Images per step-C pipeline call when --sample_batch_size is not given: 8 for small images (faster
+    per image on a CPU; docs/BENCHMARKS.md), 4 up to SD's sizes, 1 for SDXL at 1024 px (its decode is the
+    largest)."""
     if sdxl:
         return 1
     return 8 if resolution <= 256 else 4

@@ -13,12 +13,15 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from .errors import ImagicInputError
+from .errors import ImageFileError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -27,44 +30,44 @@ logger = logging.getLogger(__name__)
 MAX_IMAGE_PIXELS = 150_000_000
 
 
-def _open(path: str | Path, flag: str, draft_size: int | None = None) -> Image.Image:
+def _open(path: str | Path, draft_size: int | None = None) -> Image.Image:
     path = Path(path)
     try:
         exists = path.exists()
     except (OSError, ValueError) as e:  # a name too long, or one this file system cannot encode
-        raise ImagicInputError(flag, f"{ascii(str(path))} is not a usable file name ({e})") from None
+        raise ImageFileError(ascii(str(path)), f"is not a usable file name ({e})") from None
     if not exists:
-        raise ImagicInputError(flag, f"{path} does not exist")
+        raise ImageFileError(path, "does not exist")
     if path.is_dir():
-        raise ImagicInputError(flag, f"{path} is a folder, not an image file")
+        raise ImageFileError(path, "is a folder, not an image file")
     if not path.is_file():  # a FIFO or a device would block the read or never end
-        raise ImagicInputError(flag, f"{path} is not a regular file")
+        raise ImageFileError(path, "is not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             image = Image.open(path)
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise ImagicInputError(
-                    flag, f"{path} declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed")
+                raise ImageFileError(path, f"declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                                           "allowed")
             if draft_size and image.format == "JPEG":
                 # Decode a large JPEG at the smallest scale (1/2, 1/4, 1/8) still >= draft_size.
                 image.draft("RGB", (draft_size, draft_size))
             image.load()  # decodes the whole file: truncated or corrupt data fails here
-    except ImagicInputError:
+    except ImageFileError:
         raise
     except Image.DecompressionBombError:
-        raise ImagicInputError(flag, f"{path} declares more than the {MAX_IMAGE_PIXELS:,} pixels allowed") from None
+        raise ImageFileError(path, f"declares more than the {MAX_IMAGE_PIXELS:,} pixels allowed") from None
     except UnidentifiedImageError:
-        raise ImagicInputError(flag, f"{path} is not a readable image (unknown format)") from None
+        raise ImageFileError(path, "is not a readable image (unknown format)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImagicInputError(flag, f"{path} is not a readable image: {e}") from None
+        raise ImageFileError(path, f"is not a readable image: {e}") from None
     return image
 
 
-def check_image_file(path: str | Path, flag: str = "--input_image") -> None:
-    """Raise ImagicInputError unless ``path`` is an image file that decodes whole."""
-    _open(path, flag).close()
+def check_image_file(path: str | Path) -> None:
+    """Raise ImageFileError unless ``path`` is an image file that decodes whole."""
+    _open(path).close()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -83,10 +86,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, resolution: int, resize_mode: str = "center_crop",
-               flag: str = "--input_image") -> Image.Image:
-    """Read an image file and return it as the square RGB ``resolution``² image the model sees."""
-    image = _open(path, flag, draft_size=2 * resolution)
+def load_image(path: str | Path, resolution: int, resize_mode: str = "center_crop") -> Image.Image:
+    """Read an image file and return it as the square RGB ``resolution``² image the model sees
+    (ImageFileError when it cannot)."""
+    image = _open(path, draft_size=2 * resolution)
     image = ImageOps.exif_transpose(image)
     image = to_rgb(image)
     return square_resize(image, resolution, resize_mode)
@@ -136,8 +139,9 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+def pil_to_tensor(image: Image.Image) -> "torch.Tensor":
     """RGB PIL image -> float tensor (1, 3, H, W) in [-1, 1], the VAE's input range."""
+    import torch
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
@@ -145,23 +149,28 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 def contact_sheet(input_image: Image.Image, images: dict[tuple[float, int], Image.Image],
                   etas: list[float], seeds: list[int], cell: int | None = None,
                   picked: tuple[float, int] | None = None) -> Image.Image:
-    """A labelled grid: one row per seed, the input first, then one column per eta; the
-    ``picked`` (eta, seed) image, if any, framed and labelled."""
+    """A labelled grid: the input once (top left), then one column per eta and one row per seed; the
+    ``picked`` (eta, seed) image, if any, framed in magenta and labelled "picked"."""
     cell = cell or max(128, input_image.width)
     label_h = 18
     columns = 1 + len(etas)
     sheet = Image.new("RGB", (columns * cell, len(seeds) * (cell + label_h)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
+
+    def tile(col: int, row: int, label: str, image: Image.Image, frame: bool = False) -> None:
+        x, y = col * cell, row * (cell + label_h)
+        draw.text((x + 3, y + 3), label, fill=(200, 0, 200) if frame else "black", font=font)
+        sheet.paste(image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y + label_h))
+        if frame:
+            draw.rectangle((x, y + label_h, x + cell - 1, y + label_h + cell - 1), outline=(255, 0, 255), width=3)
+
+    tile(0, 0, "input", input_image)
     for row, seed in enumerate(seeds):
-        y = row * (cell + label_h)
-        tiles = [("input", input_image)] + [(f"eta {eta:.2f}  seed {seed}", images[(eta, seed)]) for eta in etas]
-        for col, (label, tile) in enumerate(tiles):
-            x = col * cell
-            is_picked = col > 0 and (etas[col - 1], seed) == picked
-            label = f"PICKED eta {etas[col - 1]:.2f} s{seed}" if is_picked else label
-            draw.text((x + 3, y + 3), label, fill="black", font=font)
-            sheet.paste(tile.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y + label_h))
-            if is_picked:
-                draw.rectangle((x, y + label_h, x + cell - 1, y + label_h + cell - 1), outline=(255, 0, 255), width=3)
+        for col, eta in enumerate(etas, start=1):
+            if (eta, seed) not in images:  # not drawn (eta 0 beyond the reconstruction seeds): left blank
+                continue
+            chosen = (eta, seed) == picked
+            tile(col, row, f"eta {eta:.2f}  seed {seed}" + ("  picked" if chosen else ""), images[(eta, seed)],
+                 frame=chosen)
     return sheet

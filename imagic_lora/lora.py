@@ -1,10 +1,9 @@
-"""LoRA adapters on the UNet (peft through diffusers), and their two file formats.
+"""LoRA adapters on the UNet (peft through diffusers), saved in kohya's format.
 
-diffusers format: ``get_peft_model_state_dict(unet)`` saved by the pipeline's
-``save_lora_weights`` with the adapter's config as metadata (``load_lora_weights`` reads it).
-kohya format (AUTOMATIC1111, ComfyUI): ``lora_unet_<path_with_underscores>.lora_down.weight``,
-``.lora_up.weight`` and ``.alpha``; diffusers' ``convert_state_dict_to_kohya`` writes
-alpha = rank, so the true alpha is written here.
+The artifact keeps one LoRA file in kohya's format (``lora_unet_<path_with_underscores>.lora_down.weight``,
+``.lora_up.weight`` and ``.alpha``): AUTOMATIC1111, ComfyUI and kohya's scripts read it, and diffusers'
+``load_lora_weights`` converts it back. diffusers' ``convert_state_dict_to_kohya`` writes alpha = rank,
+so the true alpha is written here.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -33,13 +33,11 @@ def add_lora(unet, *, rank: int, alpha: float, target_modules: list[str], seed: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet.add_adapter(config, adapter_name=ADAPTER_NAME)
-    params = [p for p in unet.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in unet.parameters()):
         raise ValueError(f"no UNet module matches the LoRA targets {target_modules}")
     # Trainable tensors live in fp32 even when the frozen base is fp16/bf16.
-    for p in params:
-        p.data = p.data.float()
-    return params
+    cast_training_params(unet, dtype=torch.float32)
+    return [p for p in unet.parameters() if p.requires_grad]
 
 
 def unmatched_targets(unet, target_modules: list[str]) -> list[str]:
@@ -51,17 +49,14 @@ def unmatched_targets(unet, target_modules: list[str]) -> list[str]:
 
 @contextmanager
 def fused_lora(pipe):
-    """Within: the UNet's LoRA merged into the weights it adapts (diffusers' ``fuse_lora``), so that
-    an adapted layer runs one product instead of three: step C on the bundled model draws an image
-    in 0.23 s instead of 0.39 s on 2 CPU cores (4 per call). The images equal an unfused pipeline's
-    to within rounding. In fp32 a stock pipeline that loads the LoRA and fuses it draws them bit for
-    bit; in fp16/bf16 only to within rounding, since it fuses the LoRA cast to that dtype while this
-    fuses the fp32 one.
+    """Within: the UNet's LoRA merged into the weights it adapts (diffusers' ``fuse_lora``), so that an
+    adapted layer runs one product instead of three (step C about twice as fast on a CPU;
+    docs/BENCHMARKS.md). A stock pipeline that loads the same file and fuses it draws the same images.
 
-    After (also after an error, fusing's included): unfused, and every adapted base weight restored
-    bit for bit from a copy kept on the CPU, because unfusing subtracts the update again and leaves
-    rounding behind, and what comes next uses the base weights (the pick scores with the LoRA off; a
-    manifest's next edit starts from them). A UNet without a LoRA (a full fine-tune) runs as it is.
+    After (also after an error, fusing's included): unfused, and every adapted base weight restored bit
+    for bit from a copy kept on the CPU, because unfusing subtracts the update again and leaves rounding
+    behind, and what comes next uses the base weights (the pick scores with the LoRA off; a manifest's
+    next edit starts from them). A UNet without a LoRA (a full fine-tune) runs as it is.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -80,22 +75,6 @@ def fused_lora(pipe):
             with torch.no_grad():
                 for module, weight in zip(layers, originals):
                     module.get_base_layer().weight.copy_(weight)
-
-
-def lora_state_dict(unet) -> dict[str, torch.Tensor]:
-    """The adapter as diffusers saves and loads it (peft keys ``...to_q.lora_A.weight``, without
-    the ``unet.`` prefix), fp32, on the CPU.
-
-    Not ``convert_state_dict_to_diffusers``: it renames attention keys to the old
-    ``lora.down`` style but leaves conv/feed-forward keys in peft style, and the loader then
-    silently drops one of the two kinds.
-    """
-    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
-    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-
-
-def lora_adapter_metadata(unet) -> dict:
-    return unet.peft_config[ADAPTER_NAME].to_dict()
 
 
 def kohya_state_dict(unet, alpha: float, sgm_names: bool = False) -> dict[str, torch.Tensor]:

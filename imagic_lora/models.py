@@ -25,7 +25,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from .errors import ImagicInputError
+from .errors import ArgumentError, ModelError
 from .vocabulary import VOCABULARY_FILE, read_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -39,21 +39,20 @@ def weight_dtype_for(mixed_precision: str | None) -> torch.dtype:
 
 
 def model_family(pretrained_model_name_or_path: str, revision: str | None = None) -> str:
-    """'sd' or 'sdxl', from the checkpoint's model_index.json."""
+    """'sd' or 'sdxl', from the checkpoint's model_index.json (ModelError when it cannot be read)."""
     try:
         index = DiffusionPipeline.load_config(pretrained_model_name_or_path, revision=revision)
     except Exception as e:  # hub errors, missing folder, bad JSON: one line for the user
-        raise ImagicInputError(
-            "--pretrained_model_name_or_path",
-            f"cannot read a diffusers model_index.json from {pretrained_model_name_or_path!r} "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ModelError(pretrained_model_name_or_path,
+                         f"cannot read a diffusers model_index.json ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
     class_name = index.get("_class_name", "")
     if "text_encoder_2" in index or class_name.startswith("StableDiffusionXL"):
         return "sdxl"
     if class_name.startswith("StableDiffusion") or "unet" in index:
         return "sd"
-    raise ImagicInputError("--pretrained_model_name_or_path",
-                           f"{class_name or 'this model'} is not a Stable Diffusion 1.x/2.x/XL pipeline")
+    raise ModelError(pretrained_model_name_or_path,
+                     f"{class_name or 'this model'} is not a Stable Diffusion 1.x/2.x/XL pipeline")
 
 
 def load_tokenizer_and_vocabulary(pretrained_model_name_or_path: str, revision: str | None = None):
@@ -92,10 +91,10 @@ def load_pipeline(pretrained_model_name_or_path: str, *, revision: str | None = 
     if family == "sd":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if vae_model_name_or_path:
-        with _safetensors_only("--pretrained_vae_model_name_or_path", vae_model_name_or_path):
+        with _safetensors_only(vae_model_name_or_path):
             kwargs["vae"] = AutoencoderKL.from_pretrained(vae_model_name_or_path, dtype=vae_dtype or weight_dtype,
                                                           use_safetensors=True)
-    with _safetensors_only("--pretrained_model_name_or_path", pretrained_model_name_or_path):
+    with _safetensors_only(pretrained_model_name_or_path):
         pipe = pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
     if pipe.unet.dtype != weight_dtype:  # diffusers before 0.40 ignores dtype= and loads fp32
         import diffusers
@@ -105,15 +104,15 @@ def load_pipeline(pretrained_model_name_or_path: str, *, revision: str | None = 
 
 
 @contextmanager
-def _safetensors_only(flag: str, name: str):
-    """diffusers' error for a checkpoint without .safetensors weights, as one line naming the flag."""
+def _safetensors_only(name: str):
+    """diffusers' error for a checkpoint without .safetensors weights, as one line (a ModelError)."""
     try:
         yield
     except (OSError, ValueError) as e:
         if "safetensors" not in str(e):
             raise
-        raise ImagicInputError(flag, f"{name} has no .safetensors weights for every component; imagic-lora loads "
-                                     "no pickled (.bin/.ckpt) weights: convert them to safetensors first") from None
+        raise ModelError(name, "has no .safetensors weights for every component; imagic-lora loads no pickled "
+                               "(.bin/.ckpt) weights: convert them to safetensors first") from None
 
 
 def scheduler_config(pretrained_model_name_or_path: str, revision: str | None = None) -> dict:
@@ -159,8 +158,8 @@ def inference_scheduler(pipe, name: str):
 
 
 def check_inference_steps(pretrained_model_name_or_path: str, revision: str | None, name: str, steps: int) -> None:
-    """Refuse a number of sampling steps the sampler cannot take on this model's schedule (one past its
-    last timestep, say, with the schedule's ``steps_offset``); reads configs only."""
+    """Refuse (ArgumentError) a number of sampling steps the sampler cannot take on this model's schedule
+    (one past its last timestep, say, with the schedule's ``steps_offset``); reads configs only."""
     import diffusers
     config = DDPMScheduler.load_config(pretrained_model_name_or_path, subfolder="scheduler", revision=revision)
     if name == "model":
@@ -176,8 +175,8 @@ def check_inference_steps(pretrained_model_name_or_path: str, revision: str | No
         fits = False
     if not fits:
         most = total - int(scheduler.config.get("steps_offset", 0) or 0)
-        raise ImagicInputError("--num_inference_steps", f"{steps} steps do not fit this model's {total}-step "
-                                                        f"schedule with the {name} sampler; use at most {most}")
+        raise ArgumentError("steps", f"{steps} steps do not fit this model's {total}-step schedule with the {name} "
+                                     f"sampler; use at most {most}")
 
 
 def scheduler_from_config(config, name: str):

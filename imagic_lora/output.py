@@ -23,12 +23,13 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "imagic_config.json"  # written last: the marker of a complete artifact
+WORKFLOW_NAME = "comfyui_workflow.json"
 ARTIFACT_FORMAT_PREFIX = "imagic-lora/"
 
 #: Top-level entries an artifact (or its partial folder) may hold, and what may be inside each folder: the
 #: names an artifact recorded before its files' hashes were (imagic-lora 0.1) are checked against these.
 _FILES = {"pytorch_lora_weights.safetensors", "imagic_lora_kohya.safetensors", "imagic_embeds.safetensors",
-          CONFIG_NAME, "README.md"}
+          CONFIG_NAME, WORKFLOW_NAME, "README.md"}
 _FOLDERS = {
     "images": re.compile(r"(eta_-?\d+\.\d\d_seed_\d+|input|grid|edit)\.png|\.[^/]+\.png\.tmp|\.step_c\.json"),
     "unet": re.compile(r"config\.json|diffusion_pytorch_model(-\d+-of-\d+)?\.safetensors(\.index\.json)?"),

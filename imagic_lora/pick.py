@@ -39,12 +39,7 @@ The rule, in two steps:
    input in structure is the pick. When no candidate beats the input's own score, it is the
    best-scoring one.
 
-Measured on the shapes world (docs/shapes_benchmark.md). Tuning cases (``--seed 1000``; the rule was
-chosen there): among 8 seeds x eta 0.8, 1.0 the two-step rule (0.25, 0.9) is edited and in place in
-83% of picks (step 2 alone: 78%), among 12 seeds 85% (80%), among 4 seeds 76% (71%); on a second draw
-of text-score noises over the first 8 seeds 88% (83%). A person choosing from the same candidates
-with the judge: 91% among 8 seeds. On the benchmark's 60 cases, from the CLI's default 16 candidates:
-88% (step 2 alone: 80%; a person: 95%); step 1 decided in 58 of the 60.
+Why these constants, with the figures behind each: docs/pick.md.
 """
 
 from __future__ import annotations
@@ -55,27 +50,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .conditioning import PromptEmbeds, unet_condition
 from .diffusion import encode_image_latents, prediction_target
 from .images import pil_to_tensor
 
-# 48 tuning cases, nearest by structure distance, fractions 0.5 / 0.6 / 0.7 / 0.8, text scores as the CLI computes
-# them: among 4 seeds x eta 0.8, 1.0: 74 / 75 / 72 / 70%; 6 seeds: 80 / 80 / 75 / 71%; the first 8 seeds (the CLI's
-# default pool): 83 / 83 / 75%. Sweep 19 (16 seeds per case, random subsets): 8 seeds 76 / 78 / 75%, 12 seeds 77 /
-# 80 / 78%, 4 seeds 70 / 71 / 70%. The more candidates, the more a strict fraction costs: it leaves out size
-# edits, which score lower than recolours (first 8 seeds: size 50% at 0.6, 17% at 0.7).
+# Step 2: edited means at least this fraction of the way from the input's score to the best. Stricter
+# fractions drop size edits, which score lower than recolours (docs/pick.md).
 KEEP_FRACTION = 0.6
 
-# Step 1 of the rule. A candidate within this structure distance of the input kept its layout: on the tuning
-# cases 90% of the images the judge reads in place lie under 0.2, 95% of the moved ones above 0.23. Among 8 seeds
-# the two-step rule gained over step 2 alone +2.4 / +4.5 / +5.2 / +3.4 / -0.5 points at 0.2 / 0.22 / 0.25 / 0.3 /
-# 0.35, from 0.22 to 0.3 on both halves of the cases (alternate groups of four); on a second draw of the score
-# noises (the first 8 seeds) +2 / +5 / +5 at 0.22 / 0.25 / 0.3.
+# Step 1: a candidate within this structure distance of the input kept its layout (it separates the images the
+# judge reads in place from the moved ones on the tuning cases; docs/pick.md).
 PLACE_DISTANCE = 0.25
-# Among the in-place candidates, edited means at least this fraction of the way from the input's score to
-# their best. Tuning cases, 8 seeds, 0.25: 0.7 / 0.8 / 0.9 / 1.0 (the best score alone) gave 80 / 81 / 83 /
-# 85%; on the second noise draw 88 / 88 / 88 / 83%.
+# Step 1: among the in-place candidates, edited means at least this fraction of the way to their best, so that
+# the clearest edit wins over an unedited twin of the input.
 PLACE_KEEP_FRACTION = 0.9
 
 
@@ -126,8 +115,7 @@ def pick_record(pick: Pick, candidates: list[tuple[float, int]], image: str, sco
 # The structure distance works at this resolution (an image is area-resized down to it first), so that its
 # blur is the same fraction of the frame at any resolution.
 STRUCTURE_SIZE = 64
-# Blur of the edge maps, as a fraction of the frame's side: 6.4 px at 64. Tuning cases (pick as above,
-# 4 seeds x eta 0.8, 1.0): 3 / 4 / 6 / 8 px gave 73 / 74 / 74 / 75% both; no blur 70%.
+# Blur of the edge maps, as a fraction of the frame's side (6.4 px at 64; docs/pick.md).
 STRUCTURE_BLUR = 0.1
 
 
@@ -142,7 +130,7 @@ def _replicate_conv(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Te
     return F.conv2d(F.pad(x, pad, mode="replicate"), weight, groups=c)
 
 
-def edge_map(images: torch.Tensor) -> torch.Tensor:
+def edge_map(images: torch.Tensor, blur: float = STRUCTURE_BLUR) -> torch.Tensor:
     """(N, 3, H, W) images, any range -> (N, S, S) blurred gradient magnitude (Sobel, summed over the
     colour channels) at S = STRUCTURE_SIZE (images larger than that are area-resized first)."""
     x = images.float()
@@ -152,7 +140,7 @@ def edge_map(images: torch.Tensor) -> torch.Tensor:
     gy = _replicate_conv(_replicate_conv(x, diff, 2), smooth, 3)
     gx = _replicate_conv(_replicate_conv(x, diff, 3), smooth, 2)
     magnitude = torch.sqrt(gx ** 2 + gy ** 2).sum(1, keepdim=True)
-    sigma = STRUCTURE_BLUR * magnitude.shape[-1]
+    sigma = blur * magnitude.shape[-1]
     radius = int(3 * sigma)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
     gauss = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
@@ -160,12 +148,12 @@ def edge_map(images: torch.Tensor) -> torch.Tensor:
     return _replicate_conv(_replicate_conv(magnitude, gauss, 2), gauss, 3)[:, 0]
 
 
-def structure_distances(candidates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def structure_distances(candidates: torch.Tensor, reference: torch.Tensor, blur: float = STRUCTURE_BLUR) -> torch.Tensor:
     """1 - the correlation of each candidate's edge map with the reference's: (N, 3, H, W) and
     (1, 3, H, W) images in the same range -> (N,) in [0, 2]; 0 where the edges lie where the
     reference's do, at any contrast. Blind to a change of colour or background brightness, which
     moves every pixel but no edge; it grows as outlines move away from where the reference has them."""
-    maps = edge_map(torch.cat([candidates, reference]))
+    maps = edge_map(torch.cat([candidates, reference]), blur)
     maps = maps.flatten(1) - maps.flatten(1).mean(1, keepdim=True)
     c, r = maps[:-1], maps[-1:]
     c_var, r_var = (c * c).sum(1), (r * r).sum(1)
@@ -185,7 +173,7 @@ def score_timesteps(num_train_timesteps: int, num_timesteps: int) -> torch.Tenso
 @torch.no_grad()
 def text_scores(unet, noise_scheduler, latents: torch.Tensor, e_tgt: PromptEmbeds, e_opt: PromptEmbeds, *,
                 num_timesteps: int = 16, generator: torch.Generator, weight_dtype: torch.dtype,
-                add_time_ids: torch.Tensor | None = None, batch_size: int = 64) -> torch.Tensor:
+                add_time_ids: torch.Tensor | None = None, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """s(y) for each latent: (N, C, h, w) fp32 -> (N,) fp32; positive where e_tgt denoises y better
     than e_opt. One draw of K noises from ``generator`` (on the CPU), shared by every candidate and
     both embeddings, so that differences between candidates are not sampling noise."""
@@ -198,6 +186,8 @@ def text_scores(unet, noise_scheduler, latents: torch.Tensor, e_tgt: PromptEmbed
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
     target = prediction_target(noise_scheduler, clean, noise, timesteps)
     errors = {}
+    calls = 2 * -(-n * num_timesteps // batch_size)
+    bar = tqdm(total=calls, desc="pick: score", unit="call", disable=None if progress else True)
     for name, embeds in (("tgt", e_tgt), ("opt", e_opt)):
         parts = []
         for start in range(0, n * num_timesteps, batch_size):
@@ -205,7 +195,9 @@ def text_scores(unet, noise_scheduler, latents: torch.Tensor, e_tgt: PromptEmbed
             cond = unet_condition(embeds, stop - start, weight_dtype, add_time_ids)
             prediction = unet(noisy[start:stop].to(weight_dtype), timesteps[start:stop], **cond).sample
             parts.append((prediction.float() - target[start:stop].float()).pow(2).flatten(1).mean(1))
+            bar.update()
         errors[name] = torch.cat(parts).view(n, num_timesteps).mean(1)
+    bar.close()
     return errors["opt"] - errors["tgt"]
 
 
@@ -256,7 +248,7 @@ def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: to
               e_tgt: PromptEmbeds, e_opt: PromptEmbeds, *, seed: int, weight_dtype: torch.dtype,
               add_time_ids: torch.Tensor | None = None, num_timesteps: int = 16,
               keep_fraction: float = KEEP_FRACTION, place_distance: float = PLACE_DISTANCE,
-              batch_size: int = 8) -> tuple[Pick, str]:
+              batch_size: int = 8, progress: bool = False) -> tuple[Pick, str]:
     """Pick the edit among ``candidates`` (PIL images at the input's resolution) for the input: the
     PIL image steps A and B trained on and its latent (1, C, h, w). The pipeline's VAE and UNet must
     be on the device. The UNet's LoRA, if any, is switched off while scoring and back on after; a
@@ -276,7 +268,8 @@ def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: to
     try:
         scores = text_scores(unet, noise_scheduler, latents, e_tgt.to(device), e_opt.to(device),
                              num_timesteps=num_timesteps, generator=torch.Generator().manual_seed(seed),
-                             weight_dtype=weight_dtype, add_time_ids=add_time_ids, batch_size=batch_size)
+                             weight_dtype=weight_dtype, add_time_ids=add_time_ids, batch_size=batch_size,
+                             progress=progress)
     finally:
         if has_lora:
             unet.enable_adapters()

@@ -206,6 +206,15 @@ def decide_precision(mixed_precision: str | None, accelerate_config: str | None,
     return "no"
 
 
+def decide_optimizer(use_8bit_adam: bool | None, device: str) -> bool:
+    """The flag wins; else 8-bit AdamW on a GPU, where its state's memory matters, when bitsandbytes is
+    installed, and torch's fused AdamW elsewhere (on a CPU 8-bit AdamW costs several times more per step)."""
+    if use_8bit_adam is not None:
+        return use_8bit_adam
+    import importlib.util
+    return device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None
+
+
 @dataclass
 class Plan:
     """What the edit will run with and what it costs: printed before step A (``--dry_run`` stops there)."""
@@ -224,13 +233,14 @@ class Plan:
     costs: UNetCosts
     vae_flops: tuple[float, float] = (0.0, 0.0)  # one image's decode, encode
     notes: list[str] = field(default_factory=list)
+    optimizer: str = "AdamW"  # step B's: "AdamW8bit" or "AdamW"
 
     def record(self) -> dict:
         """The plan as the artifact's record keeps it."""
         return {"preset": self.preset, "preset_measured": self.preset_measured, "device": self.device,
                 "mixed_precision": self.mixed_precision, "tf32": self.tf32,
                 "gradient_checkpointing": self.gradient_checkpointing, "attention": self.attention,
-                "estimated_peak_gib": {k: round(v, 2) for k, v in self.peak_gib.items()},
+                "optimizer": self.optimizer, "estimated_peak_gib": {k: round(v, 2) for k, v in self.peak_gib.items()},
                 "estimated_work": {k: {m: round(x, 1 if m == "unet_forwards" else 3) for m, x in w.items()}
                                    for k, w in self.work.items()},
                 "unet_forward_tflop": round(self.costs.forward_flops / 1e12, 4)}
@@ -249,7 +259,8 @@ class Plan:
                                                                         "real weights: docs/presets.md)"),
             f"device: {self.device}; precision: {'fp32' if self.mixed_precision == 'no' else self.mixed_precision}"
             f"{', TF32' if self.tf32 else ''}; "
-            f"gradient checkpointing: {'on' if self.gradient_checkpointing else 'off'}; attention: {self.attention}",
+            f"gradient checkpointing: {'on' if self.gradient_checkpointing else 'off'}; attention: {self.attention}; "
+            f"optimiser: {self.optimizer}",
             f"estimated peak memory: {self.peak:.2f} GiB{free} (A {self.peak_gib['A']:.2f}, B {self.peak_gib['B']:.2f}, "
             f"C {self.peak_gib['C']:.2f})",
             f"work: {total_fwd:.0f} UNet forward-equivalents at {self.resolution} px ({per_phase}), "
@@ -260,14 +271,14 @@ class Plan:
 
 def estimate_work(costs: UNetCosts, *, emb_steps: int, emb_batch: int, steps: int, batch: int, accumulation: int,
                   images: int, candidates: int, inference_steps: int, guided: bool, vae_decode_flops: float,
-                  vae_encode_flops: float) -> dict[str, dict[str, float]]:
+                  vae_encode_flops: float, pick_timesteps: int = PICK_TIMESTEPS) -> dict[str, dict[str, float]]:
     """UNet forward-equivalents (FLOPs / one sample's forward) and TFLOP per phase of an edit."""
     f = costs.forward_flops
     phases = {
         "A": emb_steps * emb_batch * accumulation * costs.step_a_flops,
         "B": steps * batch * accumulation * costs.step_b_flops,
         "C": images * inference_steps * (2 if guided else 1) * f,
-        "pick": (candidates + 1) * PICK_TIMESTEPS * 2 * f if candidates else 0.0,
+        "pick": (candidates + 1) * pick_timesteps * 2 * f if candidates else 0.0,
     }
     vae = {"A": vae_encode_flops, "B": 0.0, "C": images * vae_decode_flops, "pick": candidates * vae_encode_flops}
     return {k: {"unet_forwards": v / f, "tflop": (v + vae[k]) / 1e12} for k, v in phases.items()}
@@ -338,6 +349,7 @@ def make_plan(cfg, target: Target, accelerate_mixed_precision: str | None = None
     resolution = cfg.resolution or int(unet_config["sample_size"]) * scale
     sdxl = model_family(name, revision) == "sdxl"
     mixed = decide_precision(cfg.mixed_precision, accelerate_mixed_precision, target.kind, target.bf16)
+    cfg = dataclasses.replace(cfg, use_8bit_adam=decide_optimizer(cfg.use_8bit_adam, target.kind))
     dtype = weight_dtype_for(mixed)
     costs = measure_unet(unet_config, resolution, scale, dtype, lora_targets=cfg.lora_target_module_list,
                          rank=cfg.rank, full_finetune=cfg.full_finetune)
@@ -378,12 +390,13 @@ def make_plan(cfg, target: Target, accelerate_mixed_precision: str | None = None
                                f"{usable:.1f} GiB usable on {target.name}; change: {', '.join(levers)}")
     if target.kind != "cuda":
         notes.append(f"memory on the {target.kind.upper()} is not checked")
-    images = len(cfg.etas) * cfg.num_seeds
-    candidates = sum(1 for eta in cfg.etas if eta > 0) * cfg.num_seeds if cfg.pick_edit else 0
+    images = len(cfg.pairs)
+    candidates = sum(1 for eta, _ in cfg.pairs if eta > 0) if cfg.pick_edit else 0
     work = estimate_work(costs, emb_steps=cfg.emb_train_steps, emb_batch=emb_batch, steps=cfg.max_train_steps,
                          batch=cfg.train_batch_size, accumulation=cfg.gradient_accumulation_steps, images=images,
                          candidates=candidates, inference_steps=cfg.num_inference_steps,
-                         guided=cfg.guidance_scale > 1, vae_decode_flops=decode_flops, vae_encode_flops=encode_flops)
+                         guided=cfg.guidance_scale > 1, vae_decode_flops=decode_flops, vae_encode_flops=encode_flops,
+                         pick_timesteps=cfg.pick_timesteps)
     tf32 = cfg.allow_tf32 if cfg.allow_tf32 is not None else target.kind == "cuda"
     resolved = dataclasses.replace(cfg, mixed_precision=mixed, gradient_checkpointing=checkpointing, allow_tf32=tf32,
                                    sample_batch_size=cfg.sample_batch_size if common["sample_batch"] == sample_batch
@@ -392,7 +405,7 @@ def make_plan(cfg, target: Target, accelerate_mixed_precision: str | None = None
     plan = Plan(cfg.preset, PRESETS[cfg.preset].measured, device, mixed, tf32, checkpointing,
                 "xformers" if cfg.enable_xformers_memory_efficient_attention else "sdpa", resolution, peaks,
                 target.free_bytes / GIB if target.free_bytes is not None else None, work, costs,
-                (decode_flops, encode_flops), notes)
+                (decode_flops, encode_flops), notes, "AdamW8bit" if cfg.use_8bit_adam else "AdamW")
     return resolved, plan
 
 

@@ -13,6 +13,7 @@ folder beside ``output_dir`` (with checkpoints for ``resume``) and renamed into 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -22,27 +23,30 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from . import __version__
-from .artifact import save_embeds, save_full_unet, save_lora_files, write_json, write_model_card
+from .artifact import load_lora, save_embeds, save_full_unet, save_lora, write_json, write_model_card
 from .checkpoint import CheckpointStore
 from .conditioning import PromptEmbeds, encode_prompt, interpolate, is_sdxl, sdxl_time_ids
 from .config import ARTIFACT_DIFFERENCES, LORA_TARGET_PRESETS, RESUMABLE_DIFFERENCES, ImagicConfig, changed_settings
-from .diffusion import encode_image_latents, timestep_weights
+from .diffusion import encode_image_latents, make_lr_scheduler, timestep_weights
 from .embedding import optimize_embedding
-from .errors import ImagicInputError
+from .errors import ArgumentError, ImagicInputError
 from .finetune import finetune, full_finetune_parameters, make_optimizer
 from .generate import EDIT_IMAGE_NAME, default_sample_batch_size, generate_images, image_name
 from .images import contact_sheet, file_sha256, is_readable_image, load_image, pil_to_tensor, save_image
 from .interrupt import Interrupted, StopFlag
-from .lora import add_lora, architecture_of, fused_lora, kohya_metadata, unmatched_targets
+from .comfyui import workflow
+from .compress import kept_energy, lora_parameters, truncate
+from .lora import add_lora, architecture_of, fused_lora, kohya_metadata, kohya_state_dict, unmatched_targets
 from .metrics import peak_memory, timed
 from .models import (inference_scheduler, load_pipeline, native_resolution, prepare_unet, training_noise_scheduler,
                      weight_dtype_for)
-from .output import (CONFIG_NAME, FolderLock, StagedOutput, artifact_files, read_config,
-                     recover_interrupted_replacement)
+from .output import (CONFIG_NAME, WORKFLOW_NAME, FolderLock, StagedOutput, artifact_files, read_config,
+                     recover_interrupted_replacement, target_path)
 from .pick import pick_edit, pick_record
-from .plan import Plan, WorkMeter
+from .plan import Plan, WorkMeter, decide_optimizer
 from .runtime import training_convolutions
 
 logger = logging.getLogger("imagic_lora")
@@ -117,13 +121,30 @@ class ImagicRecipe:
                 recover_interrupted_replacement(cfg.output_dir)
             return self._edit(cfg, stop)
 
+    def _say_eta(self, timings: dict, meter: WorkMeter) -> None:
+        """After step A: how long the rest should take, from step A's own pace and the plan's work."""
+        if self.plan is None or not self.accelerator.is_local_main_process:
+            return
+        done = meter.record().get("A", {}).get("unet_forwards")
+        if not done or timings.get("A", 0.0) < 1.0:
+            return  # resumed past A, or too quick to time
+        per_forward = timings["A"] / done
+        rest = sum(self.plan.work[k]["unet_forwards"] for k in ("B", "C", "pick"))
+        logger.info("step A took %s; B, C and the pick should take about %s more", _format_s(timings["A"]),
+                    _format_s(rest * per_forward))
+
     def _edit(self, cfg: ImagicConfig, stop: StopFlag) -> dict:
         pipe, accelerator, noise_scheduler = self.pipe, self.accelerator, self.noise_scheduler
         device, weight_dtype, unet = accelerator.device, self.weight_dtype, self.pipe.unet
+        if cfg.use_8bit_adam is None:  # recorded as run (a resume on another kind of device is then refused)
+            cfg = dataclasses.replace(cfg, use_8bit_adam=decide_optimizer(None, device.type))
         # Checked against the model's schedule before anything is written.
-        weights_b = timestep_weights(cfg.timestep_bias_strategy, noise_scheduler.config.num_train_timesteps,
-                                     multiplier=cfg.timestep_bias_multiplier, portion=cfg.timestep_bias_portion,
-                                     begin=cfg.timestep_bias_begin, end=cfg.timestep_bias_end)
+        try:
+            weights_b = timestep_weights(cfg.timestep_bias_strategy, noise_scheduler.config.num_train_timesteps,
+                                         multiplier=cfg.timestep_bias_multiplier, portion=cfg.timestep_bias_portion,
+                                         begin=cfg.timestep_bias_begin, end=cfg.timestep_bias_end)
+        except ArgumentError as e:  # its arguments are the --timestep_bias_* settings
+            raise ImagicInputError(f"--timestep_bias_{e.name}", e.problem) from None
         if (cfg.timestep_bias_strategy == "none") != (cfg.timestep_bias_multiplier == 1.0):
             logger.warning("--timestep_bias_strategy %s with --timestep_bias_multiplier %g: no bias (both are "
                            "needed)", cfg.timestep_bias_strategy, cfg.timestep_bias_multiplier)
@@ -187,10 +208,12 @@ class ImagicRecipe:
                         learning_rate=cfg.emb_learning_rate, batch_size=cfg.effective_emb_train_batch_size,
                         generator=torch.Generator().manual_seed(cfg.seed), weight_dtype=weight_dtype,
                         add_time_ids=add_time_ids, optimize_pooled=not cfg.freeze_pooled_embeds,
+                        lr_scheduler=cfg.lr_scheduler, lr_warmup_steps=cfg.lr_warmup_steps,
                         on_step=lambda step, losses, draws: stop.check(), log=log)
                     store.save("phase-A", {"prompt_embeds": e_opt.prompt_embeds,
                                            "pooled_prompt_embeds": e_opt.pooled_prompt_embeds, "losses": losses_a})
 
+            self._say_eta(timings, meter)
             # ---- B: fine-tune (LoRA by default) so that e_opt reproduces the image ----
             with timed(timings, "B", device, phase_memory), meter.phase("B"):
                 if cfg.full_finetune:
@@ -199,7 +222,8 @@ class ImagicRecipe:
                     params = add_lora(unet, rank=cfg.rank, alpha=cfg.effective_lora_alpha,
                                       target_modules=cfg.lora_target_module_list, seed=cfg.seed)
                 trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
-                optimizer = make_optimizer(params, learning_rate=cfg.learning_rate, use_8bit_adam=cfg.use_8bit_adam,
+                optimizer = make_optimizer(params, learning_rate=cfg.learning_rate,
+                                           use_8bit_adam=cfg.use_8bit_adam,
                                            weight_decay=cfg.adam_weight_decay, accelerator=accelerator)
                 generator_b = torch.Generator().manual_seed(cfg.seed + 1)
                 resumed_b, losses_b = resume_step_b(store, trainable, optimizer, generator_b, cfg.max_train_steps,
@@ -221,12 +245,26 @@ class ImagicRecipe:
                                      steps=cfg.max_train_steps, batch_size=cfg.train_batch_size,
                                      generator=generator_b, weight_dtype=weight_dtype, add_time_ids=add_time_ids,
                                      timestep_weights=weights_b, start_step=resumed_b, on_step=checkpoint_b,
-                                     max_grad_norm=cfg.max_grad_norm, log=log)
+                                     max_grad_norm=cfg.max_grad_norm, log=log, lr_scheduler=make_lr_scheduler(
+                                         cfg.lr_scheduler, optimizer, warmup_steps=cfg.lr_warmup_steps,
+                                         total_steps=cfg.max_train_steps, start_step=resumed_b))
                 n_trainable = sum(p.numel() for p in params)
                 if cfg.full_finetune:
                     unet.to(dtype=weight_dtype)  # what is saved, and what generates, is the weight dtype
                 params = trainable = optimizer = None  # nothing of the optimiser outlives step B
             kernels.close()
+
+            # ---- the LoRA as the artifact saves it; step C draws with exactly that ----
+            saved_lora, lora_saved = None, None
+            if not cfg.full_finetune:
+                trained = kohya_state_dict(unet, cfg.effective_lora_alpha, sgm_names=is_sdxl(pipe))
+                saved_lora = truncate(trained, cfg.lora_budget)
+                lora_saved = {"trained_parameters": lora_parameters(trained), "budget": cfg.lora_budget,
+                              "parameters": lora_parameters(saved_lora),
+                              "kept_energy": round(kept_energy(trained, saved_lora), 6)}
+                unet.unload_lora()  # the training adapter, replaced by the saved one as a user's pipeline loads it
+                load_lora(pipe, {k: v.clone() for k, v in saved_lora.items()}, adapter_name="imagic")
+                unet.requires_grad_(False)
 
             # ---- C: generate along the interpolation (images already there from a resumed run stay) ----
             with timed(timings, "C", device, phase_memory), meter.phase("C"):
@@ -234,8 +272,7 @@ class ImagicRecipe:
                 model_scheduler, pipe.scheduler = pipe.scheduler, inference_scheduler(pipe, cfg.scheduler)
                 scheduler_class = type(pipe.scheduler).__name__
                 (out / "images").mkdir(exist_ok=True)
-                images = {(eta, seed): out / "images" / image_name(eta, seed) for eta in cfg.etas
-                          for seed in cfg.seeds}
+                images = {(eta, seed): out / "images" / image_name(eta, seed) for eta, seed in cfg.pairs}
                 # A resumed run keeps the images it drew with step C's settings of now, whole; a torn or
                 # unreadable one is drawn again, and one of other settings or of an eta or seed no longer
                 # in the sweep is removed (step C's own files).
@@ -250,6 +287,8 @@ class ImagicRecipe:
                         stale.unlink()
                 pending = [pair for pair, path in images.items() if not is_readable_image(path)]
                 batch = cfg.sample_batch_size or default_sample_batch_size(is_sdxl(pipe), resolution)
+                bar = tqdm(total=len(images), initial=len(images) - len(pending), desc="C: draw", unit="image",
+                           disable=None if accelerator.is_local_main_process else True)
                 try:
                     # Fused: faster; the base weights come back bit for bit for the pick (nothing to draw
                     # after a resume that had drawn every image: no fusing).
@@ -263,8 +302,10 @@ class ImagicRecipe:
                             meter.add_vae(decodes=len(chunk))
                             for pair, picture in zip(chunk, made):
                                 save_image(picture, images[pair])
+                            bar.update(len(chunk))
                             stop.check()
                 finally:
+                    bar.close()
                     pipe.scheduler = model_scheduler  # the next edit starts from the model's own, even after an error
 
             # ---- the pick: the edit among the images with eta > 0 (the model scores them; no person) ----
@@ -280,7 +321,9 @@ class ImagicRecipe:
                                                   e_tgt, e_opt, seed=cfg.seed + 2, weight_dtype=weight_dtype,
                                                   add_time_ids=add_time_ids, keep_fraction=cfg.pick_keep_fraction,
                                                   place_distance=cfg.pick_place_distance,
-                                                  batch_size=score_batch)  # A: seed, B: seed+1
+                                                  num_timesteps=cfg.pick_timesteps,
+                                                  batch_size=score_batch,  # A: seed, B: seed+1
+                                                  progress=accelerator.is_local_main_process)
                     meter.add_vae(encodes=len(candidates))
                     shutil.copyfile(images[candidates[pick.index]], out / "images" / EDIT_IMAGE_NAME)
                     picked = pick_record(pick, candidates, f"images/{EDIT_IMAGE_NAME}", scored_with,
@@ -301,11 +344,12 @@ class ImagicRecipe:
                 if cfg.full_finetune:
                     save_full_unet(out, unet, weight_dtype)
                 else:
-                    meta = kohya_metadata(rank=cfg.rank, alpha=cfg.effective_lora_alpha, base_model=base_model,
-                                          architecture=architecture, resolution=resolution,
+                    ranks = [v.shape[0] for k, v in saved_lora.items() if k.endswith(".lora_down.weight")]
+                    alphas = [float(v) for k, v in saved_lora.items() if k.endswith(".alpha")]
+                    meta = kohya_metadata(rank=max(ranks, default=0), alpha=max(alphas, default=0),
+                                          base_model=base_model, architecture=architecture, resolution=resolution,
                                           target_prompt=cfg.target_prompt)
-                    save_lora_files(out, pipe, lora_alpha=cfg.effective_lora_alpha,
-                                    kohya_metadata=meta if cfg.output_kohya_format else None)
+                    save_lora(out, saved_lora, meta)
                 save_embeds(out, e_tgt, e_opt, {"base_model": base_model, "target_prompt": cfg.target_prompt,
                                                 "format": "imagic-lora/1"})
             record = {
@@ -329,6 +373,7 @@ class ImagicRecipe:
                 "lora_alpha_used": cfg.effective_lora_alpha,
                 "lora_target_module_list": cfg.lora_target_module_list,
                 "trainable_parameters": n_trainable,
+                "lora_saved": lora_saved,
                 "attention": "xformers" if cfg.enable_xformers_memory_efficient_attention else "sdpa",
                 "weight_dtype": str(weight_dtype).replace("torch.", ""),
                 "mixed_precision": accelerator.mixed_precision,
@@ -349,6 +394,7 @@ class ImagicRecipe:
                 "versions": library_versions(),
             }
             write_model_card(out, record)
+            write_json(out / WORKFLOW_NAME, workflow(record, str(target_path(cfg.output_dir))))
             if tracker:
                 tracker.close()
                 tracker = None
@@ -380,6 +426,10 @@ def reset_unet(pipe, base_state: dict | None, weight_dtype: torch.dtype) -> None
         unet.load_state_dict(base_state)
     unet.requires_grad_(False)
     unet.eval()
+
+
+def _format_s(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
 
 
 def free_accelerator_cache(device) -> None:

@@ -21,7 +21,7 @@ import torch
 from .config import (ARTIFACT_DIFFERENCES, BUNDLED_MODEL, DEFAULT_EXAMPLE, DEFAULT_TARGET_PROMPT, GROUPS,
                      ImagicConfig, changed_settings, check_text)
 from .diffusion import NonFiniteLossError
-from .errors import ImagicInputError
+from .errors import ArgumentError, ImageFileError, ImagicInputError, ModelError
 from .generate import EDIT_IMAGE_NAME
 from .images import check_image_file, file_sha256
 from .interrupt import Interrupted, StopFlag
@@ -63,8 +63,8 @@ def run(cfg: ImagicConfig) -> int:
         except OutputError as e:
             print(f"imagic_lora: error: --output_dir: {e}", file=sys.stderr)
             return 2
-        except ImagicInputError as e:
-            print(f"imagic_lora: error: {e}", file=sys.stderr)
+        except (ImagicInputError, ModelError, ImageFileError) as e:
+            print(f"imagic_lora: error: {as_input_error(e, cfg)}", file=sys.stderr)
             return 2
         except OSError as e:
             if not is_disk_full(e):
@@ -125,7 +125,6 @@ def plan_jobs(cfg: ImagicConfig) -> list[Job]:
     if image is None and Path(cfg.pretrained_model_name_or_path) == BUNDLED_MODEL:
         # No image: the bundled example photo, and its edit unless a target text is given.
         image, prompt = str(DEFAULT_EXAMPLE), DEFAULT_TARGET_PROMPT if prompt is None else prompt
-        logger.info("editing the bundled example %s towards %r", image, prompt)
     if prompt is None:
         raise ImagicInputError("--target_prompt", "is required: describe the wanted image")
     return [Job(None, image or "", prompt)]
@@ -153,8 +152,8 @@ def check_inputs(cfg: ImagicConfig, jobs: list[Job]) -> None:
         try:
             check_inference_steps(cfg.pretrained_model_name_or_path, cfg.revision, job_cfg.scheduler,
                                   job_cfg.num_inference_steps)
-        except ImagicInputError as e:
-            raise ImagicInputError(e.flag if single else "--manifest", f"{prefix}{e}" if not single else e.problem) \
+        except ArgumentError as e:
+            raise ImagicInputError("--num_inference_steps" if single else "--manifest", f"{prefix}{e.problem}") \
                 from None
         if not job.target_prompt.strip():
             raise ImagicInputError(where, f"{prefix}the target prompt is empty")
@@ -222,30 +221,44 @@ def run_edits(cfg: ImagicConfig, plan, jobs: list[Job], skip: set[str], many: bo
     # SIGINT/SIGTERM finish the current step and save a checkpoint; the handlers before are back after.
     with StopFlag() as stop:
         recipe = ImagicRecipe(cfg, plan=plan, accelerator=accelerator)
+        quiet_loading()
         try:
             recipe.setup()
-        except ImagicInputError as e:
-            print(f"imagic_lora: error: {e}", file=sys.stderr)
+        except (ImagicInputError, ModelError) as e:
+            print(f"imagic_lora: error: {as_input_error(e, cfg)}", file=sys.stderr)
             return 2
         rows, interrupted = [], None
         try:
             with accelerator.split_between_processes(jobs) as my_jobs:
-                for job in my_jobs:
+                for number, job in enumerate(my_jobs, start=1):
                     job_cfg = job.config(cfg)
+                    head = f"[{number}/{len(my_jobs)}] {job.id}: " if many else ""
+                    started = time.perf_counter()
                     row = {"id": job.id, "input_image": job.input_image, "target_prompt": job.target_prompt,
                            "output_dir": job_cfg.output_dir, "status": "ok", "error": None,
                            "model_load_s": round(recipe.model_load_s, 3), "process": accelerator.process_index}
                     if job.id in skip:
                         done = read_config(job_cfg.output_dir) or {}
                         rows.append({**row, **summary_fields(done), "status": "skipped (complete)"})
+                        print(f"imagic_lora: {head}already complete", flush=True)
                         continue
+                    print(f"imagic_lora: {head}editing {job_cfg.input_image} towards {job_cfg.target_prompt!r}",
+                          flush=True)
                     try:
                         if many:  # checked only now: a bad image fails its own job
-                            check_image_file(job_cfg.input_image, flag=f"--manifest: job {job.id}: image")
+                            try:
+                                check_image_file(job_cfg.input_image)
+                            except ImageFileError as e:
+                                raise ImagicInputError("--manifest", f"job {job.id}: image {e}") from None
                             job_cfg = resume_or_restart(job, job_cfg)
                         # The single edit's folder is locked by run(); a manifest's job folders here.
                         record = recipe.edit(job_cfg, stop, lock=many)
                         rows.append({**row, **summary_fields(record)})
+                        if many:
+                            phases = ", ".join(f"{k} {v:.0f} s" for k, v in record["wall_time_s"].items()
+                                               if k in ("A", "B", "C", "pick"))
+                            print(f"imagic_lora: {head}done in {time.perf_counter() - started:.0f} s ({phases})",
+                                  flush=True)
                     except Interrupted as e:
                         interrupted = e.signum
                         saved = (f"{e.saved} is saved: rerun the same command with --resume" if e.saved else
@@ -297,6 +310,25 @@ def resume_or_restart(job: Job, job_cfg: ImagicConfig) -> ImagicConfig:
     return dataclasses.replace(job_cfg, resume=False)
 
 
+def quiet_loading() -> None:
+    """No progress bars while the libraries load the model: a few lines of noise per run in a log file."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def as_input_error(error: Exception, cfg: ImagicConfig) -> ImagicInputError:
+    """A library error about a model or an image, as the flag that named it."""
+    if isinstance(error, ModelError):
+        vae = cfg.pretrained_vae_model_name_or_path
+        flag = "--pretrained_vae_model_name_or_path" if vae and error.name == vae else "--pretrained_model_name_or_path"
+        return ImagicInputError(flag, str(error))
+    if isinstance(error, ImageFileError):
+        return ImagicInputError("--input_image", str(error))
+    return error
+
+
 def failure_message(error: BaseException) -> str:
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return ("CUDA out of memory; levers that fit a smaller card: --gradient_checkpointing, --use_8bit_adam, "
@@ -308,7 +340,10 @@ def failure_message(error: BaseException) -> str:
         where = getattr(error, "filename", None) or "the output"
         return (f"no space left on the device writing {where}; the checkpoints made so far are kept: free some "
                 "space, then rerun the same command with --resume")
-    return str(error) if isinstance(error, (ImagicInputError, NonFiniteLossError, OutputError)) else \
+    if isinstance(error, NonFiniteLossError):
+        return (f"{error}: use --mixed_precision bf16 (Ampere or newer) or no instead of fp16, or lower the learning "
+                "rate")
+    return str(error) if isinstance(error, (ImagicInputError, ImageFileError, OutputError)) else \
         f"{type(error).__name__}: {error}"
 
 
@@ -321,7 +356,7 @@ def is_disk_full(error: BaseException) -> bool:
 
 #: Failures of one edit that get a one-line message (a manifest records them and goes on); anything
 #: else is a bug, shown with its traceback.
-EXPECTED_FAILURES = (ImagicInputError, NonFiniteLossError, OutputError, torch.cuda.OutOfMemoryError)
+EXPECTED_FAILURES = (ImagicInputError, ImageFileError, NonFiniteLossError, OutputError, torch.cuda.OutOfMemoryError)
 
 
 PHASES = ("encode", "A", "B", "C", "pick", "save")

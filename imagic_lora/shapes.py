@@ -133,6 +133,28 @@ def render_photo(scene: Scene, seed: int, resolution: int = RESOLUTION) -> Image
     return Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8))
 
 
+def render_photo_alt(scene: Scene, seed: int, resolution: int = RESOLUTION) -> Image.Image:
+    """A second, independent "photo" of the scene, for checking on other images what was tuned on
+    :func:`render_photo`'s: drawn at twice the size without anti-aliasing and halved with a bicubic
+    filter, colours jittered, a vignette instead of a gradient, a box blur, JPEG compression."""
+    import io
+    rng = np.random.default_rng(seed + 7919)
+    jitter = lambda rgb: tuple(int(np.clip(c + rng.normal(0, 12), 0, 255)) for c in rgb)  # noqa: E731
+    big = resolution * 2
+    image = Image.new("RGB", (big, big), jitter(BACKGROUNDS[scene.background]))
+    draw = ImageDraw.Draw(image)
+    shape, fill = _shape_polygon(scene, 2), jitter(COLORS[scene.color])
+    {"circle": draw.ellipse, "square": draw.rectangle, "triangle": draw.polygon}[scene.shape](shape, fill=fill)
+    image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    yy, xx = np.mgrid[0:resolution, 0:resolution] / (resolution - 1) - 0.5
+    vignette = 1.0 - rng.uniform(0.15, 0.3) * (xx ** 2 + yy ** 2) * 2
+    pixels = np.asarray(image, dtype=np.float32) * vignette[..., None] + rng.uniform(-10, 10)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).filter(ImageFilter.BoxBlur(0.7))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(rng.integers(70, 90)))
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
 # ---------------------------------------------------------------------------------------------
 # The judge
 

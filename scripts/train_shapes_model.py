@@ -288,7 +288,9 @@ def main(argv=None) -> int:
     out = Path(args.output_dir)
     report = {"seed": args.seed, "device": torch.cuda.get_device_name() if device.type == "cuda" else
               f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
-              "torch": torch.__version__, "args": vars(args)}
+              "torch": torch.__version__,
+              # Not the output folder: a path of the machine that trained it means nothing elsewhere.
+              "args": {k: v for k, v in vars(args).items() if k != "output_dir"}}
     timings = {}
 
     start = time.perf_counter()

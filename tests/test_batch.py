@@ -113,7 +113,7 @@ def test_two_process_launch_splits_the_manifest(tiny_sd, input_png, tmp_path):
     assert proc.returncode != 0, proc.stderr[-2000:]  # a job failed, and the exit code says so
     summary = read_summary(out)
     assert [summary[i]["status"] for i in ("one", "two", "three")] == ["ok", "failed", "ok"]
-    assert (out / "one" / "imagic_lora_kohya.safetensors").is_file()
+    assert (out / "one" / "pytorch_lora_weights.safetensors").is_file()
     assert (out / "three" / "imagic_embeds.safetensors").is_file()
     assert not list(out.glob(".summary.rank*"))
     # Both processes worked: the jobs were split between them, none run twice.

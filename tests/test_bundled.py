@@ -59,11 +59,12 @@ def test_a_word_outside_the_vocabulary_is_named(capsys, tmp_path):
     assert "--target_prompt" in err[0] and "'purple'" in err[0] and "yellow" in err[0]  # and what it knows
 
 
+@pytest.mark.slow
 def test_the_default_edit_succeeds_by_the_judge(tmp_path):
     """The README's first command, as a user runs it: no arguments but the output folder.
 
-    What the user sees is the grid: a row per seed. Every row gives the input back at eta 0, in
-    place; at the recommended eta the row of at least one seed shows the edit, in place (the
+    What the user sees is the grid: a row per seed. Eta 0 gives the input back, in place, for the
+    seeds it is drawn for; at the recommended eta the row of at least one seed shows the edit, in place (the
     benchmark, not this test, says how often a single sample does).
     """
     out = tmp_path / "imagic-output"
@@ -80,8 +81,9 @@ def test_the_default_edit_succeeds_by_the_judge(tmp_path):
     edits = [shapes.judge(Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seed}.png")) for seed in seeds]
     assert any(shapes.matches(edited, target) and shapes.centre_distance(edited, original.cx, original.cy) <= 6
                for edited in edits), [(e.attributes(), e.cx, e.cy) for e in edits]
-    # eta 0 gives the input back, in place, for every seed.
-    for seed in seeds:
+    # eta 0 gives the input back, in place, for every seed it is drawn for.
+    assert config["num_reconstruction_seeds"] >= 1
+    for seed in seeds[:config["num_reconstruction_seeds"]]:
         reconstruction = shapes.judge(Image.open(out / "images" / f"eta_0.00_seed_{seed}.png"))
         assert shapes.matches(reconstruction, original.attributes()), (seed, reconstruction.attributes())
         assert shapes.centre_distance(reconstruction, original.cx, original.cy) <= 6, seed

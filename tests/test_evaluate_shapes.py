@@ -1,23 +1,16 @@
 """The shapes benchmark's bookkeeping: its cases, and reusing an earlier run's rows."""
 
-import importlib.util
 import json
-import sys
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+import imagic_lora.shapes_benchmark as shapes_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("evaluate_shapes", ROOT / "scripts" / "evaluate_shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["evaluate_shapes"] = module
-    spec.loader.exec_module(module)
-    return module
+    return shapes_benchmark
 
 
 def test_cases_change_one_attribute_each_kind_in_turn(bench):

@@ -7,20 +7,16 @@ import dataclasses
 import json
 import os
 import stat
-import sys
 import threading
 import weakref
 
 import pytest
 import torch
 
+import imagic_lora.architectures as architectures
 import imagic_lora.cli as cli
 import imagic_lora.recipe as recipe
-from conftest import ROOT
 from test_cli import run_inprocess
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import benchmark  # noqa: E402  (the published SD configs)
 
 PROMPT = "a large blue square on a gray background"
 
@@ -29,7 +25,7 @@ PROMPT = "a large blue square on a gray background"
 def configs(tmp_path_factory):
     """SD 1.5, SD 2.1 (v-prediction) and SDXL as folders of their published configs, no weights."""
     root = tmp_path_factory.mktemp("configs")
-    return {model: benchmark.write_configs(model, root / model) for model in ("sd15", "sd21", "sdxl")}
+    return {model: architectures.write_configs(model, root / model) for model in ("sd15", "sd21", "sdxl")}
 
 
 def test_the_preset_is_read_from_the_model(configs, tiny_sd, tmp_path):
@@ -39,7 +35,7 @@ def test_the_preset_is_read_from_the_model(configs, tiny_sd, tmp_path):
     assert detect_preset(str(configs["sd15"])) == "sd1"
     assert detect_preset(str(configs["sd21"])) == "sd2-v"
     assert detect_preset(str(configs["sdxl"])) == "sdxl"
-    epsilon = benchmark.write_configs("sd21", tmp_path / "sd2-base")
+    epsilon = architectures.write_configs("sd21", tmp_path / "sd2-base")
     sched = json.loads((epsilon / "scheduler" / "scheduler_config.json").read_text())
     (epsilon / "scheduler" / "scheduler_config.json").write_text(json.dumps({**sched, "prediction_type": "epsilon"}))
     assert detect_preset(str(epsilon)) == "sd2"
@@ -127,9 +123,10 @@ def test_the_record_holds_the_work_done_as_counted(tiny_sd, input_png, tmp_path)
     assert run_inprocess(tiny_sd, input_png, tmp_path / "e") == 0
     record = json.loads((tmp_path / "e" / "imagic_config.json").read_text())
     work, plan = record["work"], record["plan"]
-    # FAST: A 8 steps x 2 draws, B 8 x 2, C 6 images x 4 steps x 2 (guided), the pick 4 candidates + the input
+    # FAST: A 8 steps x 2 draws, B 8 x 2, C 5 images (2 seeds x 2 etas > 0, eta 0 for one seed) x 4 steps x 2
+    # (guided), the pick 4 candidates + the input
     assert work["A"]["unet_samples"] == 16 and work["B"]["unet_samples"] == 16
-    assert work["C"]["unet_samples"] == 6 * 4 * 2 and work["pick"]["unet_samples"] == 5 * 16 * 2
+    assert work["C"]["unet_samples"] == 5 * 4 * 2 and work["pick"]["unet_samples"] == 5 * 16 * 2
     for phase in ("A", "B", "C", "pick"):
         assert work[phase]["unet_forwards"] == pytest.approx(plan["estimated_work"][phase]["unet_forwards"], rel=0.02)
     assert plan["preset"] == "shapes" and record["preset"] == "shapes"
@@ -278,7 +275,7 @@ def test_artifact_files_are_readable_like_the_users_own(tiny_sd, input_png, tmp_
 
 def test_the_model_card_names_the_bundled_model_portably_and_links_nothing_unreal(tmp_path):
     from imagic_lora.artifact import write_model_card
-    config = {"full_finetune": False, "family": "sd", "artifact_name": "edit", "output_kohya_format": True,
+    config = {"full_finetune": False, "family": "sd", "artifact_name": "edit",
               "base_model": "imagic_lora/bundled/shapes-sd", "pretrained_model_name_or_path": "/somewhere/shapes-sd",
               "target_prompt": "a blue circle", "recommended_eta": 0.8, "pipeline_class": "StableDiffusionPipeline",
               "scheduler_class": "DDIMScheduler", "guidance_scale": 3.0, "num_inference_steps": 25, "seed": 0,
@@ -295,3 +292,10 @@ def test_the_model_card_names_the_bundled_model_portably_and_links_nothing_unrea
     write_model_card(tmp_path, config)
     card = (tmp_path / "README.md").read_text()
     assert "base_model: stable-diffusion-v1-5/stable-diffusion-v1-5" in card and "suggestion" in card
+
+
+def test_the_optimiser_is_8bit_where_its_memory_matters_and_the_flag_wins():
+    from imagic_lora.plan import decide_optimizer
+    assert decide_optimizer(None, "cuda") is True  # bitsandbytes is installed here
+    assert decide_optimizer(None, "cpu") is False  # torch's fused AdamW: several times faster per step there
+    assert decide_optimizer(True, "cpu") is True and decide_optimizer(False, "cuda") is False

@@ -22,7 +22,7 @@ import imagic_lora.recipe as recipe
 ARGS = ["--target_prompt", "a large blue square on a gray background", "--emb_train_steps", "5",
         "--max_train_steps", "120", "--train_batch_size", "2", "--checkpointing_steps", "10",
         "--checkpoints_total_limit", "2", "--etas", "0", "0.8", "--num_seeds", "1", "--num_inference_steps", "3",
-        "--seed", "5"]
+        "--seed", "5", "--lr_scheduler", "cosine", "--lr_warmup_steps", "3"]  # a resume continues the schedule
 
 
 def command(tiny_sd, input_png, out, *extra):

@@ -478,7 +478,7 @@ def test_load_edit_refuses_a_damaged_artifact(artifact, tiny_sd, tmp_path, damag
         save_file(embeds, folder / "imagic_embeds.safetensors")
     elif damage == "nan-lora":
         lora = load_file(folder / "pytorch_lora_weights.safetensors")
-        next(iter(lora.values()))[0] = float("nan")
+        next(v for k, v in lora.items() if k.endswith(".lora_down.weight"))[0] = float("nan")
         save_file(lora, folder / "pytorch_lora_weights.safetensors")
     else:
         (folder / "imagic_config.json").write_text("[1, 2]")

@@ -67,16 +67,15 @@ def test_sdxl_artifact_holds_four_embeddings_and_names_sdxl(sdxl_edit):
     assert config["family"] == "sdxl" and config["pipeline_class"] == "StableDiffusionXLPipeline"
     card = (sdxl_edit / "README.md").read_text()
     assert "StableDiffusionXLPipeline" in card and "pooled_prompt_embeds" in card and "- sdxl" in card
-    kohya = load_file(sdxl_edit / "imagic_lora_kohya.safetensors")
+    kohya = load_file(sdxl_edit / "pytorch_lora_weights.safetensors")
     assert any(k.startswith("lora_unet_input_blocks_") for k in kohya)  # kohya's own SDXL (SGM) names
     assert not any("down_blocks" in k or "up_blocks" in k for k in kohya)
 
 
-@pytest.mark.parametrize("kohya", [False, True], ids=["diffusers-file", "kohya-file"])
-def test_stock_sdxl_pipeline_reproduces_the_script(sdxl_edit, tiny_sdxl, kohya):
+def test_stock_sdxl_pipeline_reproduces_the_script(sdxl_edit, tiny_sdxl):
     pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl))
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.load_lora_weights(str(sdxl_edit), weight_name="imagic_lora_kohya.safetensors" if kohya else None)
+    pipe.load_lora_weights(str(sdxl_edit))
     pipe.fuse_lora()  # the script draws with the LoRA fused
     e = load_file(sdxl_edit / "imagic_embeds.safetensors")
     eta = 0.7

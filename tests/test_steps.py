@@ -412,3 +412,23 @@ def test_small_unets_train_with_pytorch_convolutions_and_the_flag_comes_back(tin
         torch.set_num_threads(threads)
     assert seen == [False] * 6  # the tiny test UNet: 16 channels, 8x8 latents
     assert torch.backends.mkldnn.enabled
+
+
+def test_a_resumed_learning_rate_schedule_continues_where_it_stopped():
+    from imagic_lora.diffusion import make_lr_scheduler
+
+    def rates(start_step, total=12):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))], lr=1e-2)
+        schedule = make_lr_scheduler("cosine", optimizer, warmup_steps=2, total_steps=total, start_step=start_step)
+        out = []
+        for _ in range(start_step, total):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        return out
+
+    straight = rates(0)
+    assert straight[0] == 0.0 and max(straight) == pytest.approx(1e-2) and straight[-1] < 1e-3  # warmup, then decay
+    assert rates(5) == straight[5:]
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))], lr=1e-2)
+    assert make_lr_scheduler("constant", optimizer, warmup_steps=0, total_steps=10) is None  # nothing to do

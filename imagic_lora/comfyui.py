@@ -1,0 +1,48 @@
+"""The artifact's ComfyUI workflow: the graph that draws its edit with the "Load Imagic Edit" node.
+
+Written into every artifact as ``comfyui_workflow.json``, in ComfyUI's API format (load it with
+"Workflow > Open" or queue it through ComfyUI's API). It carries the edit's settings: the eta and seed the
+run picked, the steps, the guidance and the nearest ComfyUI sampler. ComfyUI's samplers are its own, so the
+image is the same edit, not the same pixels as images/edit.png.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .artifact import recommended
+
+#: Step C's samplers in ComfyUI's names (sampler, scheduler); PNDM has no ComfyUI counterpart.
+SAMPLERS = {"DDIMScheduler": ("ddim", "ddim_uniform"), "DPMSolverMultistepScheduler": ("dpmpp_2m", "normal"),
+            "EulerDiscreteScheduler": ("euler", "normal"), "EulerAncestralDiscreteScheduler": ("euler_ancestral",
+                                                                                              "normal")}
+
+
+def workflow(config: dict, artifact_folder: str) -> dict:
+    """A ComfyUI API-format graph: the base model, the edit's LoRA and conditioning, KSampler, save."""
+    eta, seed = recommended(config)
+    side = int(config["resolution"])
+    base = str(config.get("base_model", config["pretrained_model_name_or_path"]))
+    if base == "imagic_lora/bundled/shapes-sd" or Path(base).is_dir():
+        # A diffusers folder: put (or link) it into ComfyUI/models/diffusers/.
+        loader = {"class_type": "DiffusersLoader", "inputs": {"model_path": Path(base).name}}
+    else:  # a hub checkpoint: its single-file .safetensors in ComfyUI/models/checkpoints/
+        loader = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": f"{base.split('/')[-1]}.safetensors"}}
+    sampler, scheduler = SAMPLERS.get(config.get("scheduler_class"), ("euler", "normal"))
+    graph = {
+        "1": loader,
+        "2": {"class_type": "LoadImagicEdit", "inputs": {"model": ["1", 0], "artifact_folder": artifact_folder,
+                                                         "eta": eta, "strength": 1.0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": side, "height": side, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "positive": ["2", 1], "negative": ["3", 0], "latent_image": ["5", 0], "seed": seed,
+            "steps": int(config["num_inference_steps"]), "cfg": float(config["guidance_scale"]),
+            "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "imagic_edit"}},
+    }
+    if config.get("family") == "sdxl":  # diffusers' SDXL guides against zeros for an empty negative prompt
+        graph["4"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["3", 0]}}
+        graph["6"]["inputs"]["negative"] = ["4", 0]
+    return dict(sorted(graph.items()))

@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""The README's picture of the bundled edit: the input, eta 0 (the input drawn back by the fine-tuned
+model) and the edit the run picked, side by side, from a finished run's folder.
+
+    imagic-lora && python scripts/make_readme_image.py imagic-output docs/example_edit.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        return 2
+    run, output = Path(argv[0]), Path(argv[1])
+    record = json.loads((run / "imagic_config.json").read_text())
+    eta, seed = record["recommended"]["eta"], record["recommended"]["seed"]
+    zero = sorted((run / "images").glob("eta_0.00_seed_*.png"))[0]
+    tiles = [("input", run / "images" / "input.png"), (f"eta 0, seed {zero.stem.split('_')[-1]}", zero),
+             (f"the pick: eta {eta:.1f}, seed {seed}", run / "images" / "edit.png")]
+    cell, label_h = 192, 20
+    sheet = Image.new("RGB", (len(tiles) * cell, cell + label_h), "white")
+    draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
+    for i, (label, path) in enumerate(tiles):
+        draw.text((i * cell + 4, 4), label, fill="black", font=font)
+        sheet.paste(Image.open(path).convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (i * cell, label_h))
+    sheet.save(output)
+    print(f"wrote {output}: {record['target_prompt']!r}, picked eta {eta} seed {seed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Redo the automatic pick offline, under other rules, on a shapes benchmark run's kept images.
+
+    python scripts/evaluate_shapes.py --seed 1000 --num_cases 40 --methods imagic_lora \\
+        --keep_images runs/tune --output_dir runs/tune
+    python scripts/replay_pick.py runs/tune/imagic_lora
+
+Every case folder (case<i>/: images/ and imagic_config.json, written by --keep_images) holds the run's
+candidates, their text scores and the input. Each rule below chooses one candidate per case from those
+numbers and the images; the judge (imagic_lora.shapes.judge) says whether the choice is edited and in
+place. Prints, per rule, the share of cases edited and in place, by kind of edit, and what a person
+choosing with the judge would reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from imagic_lora import pick, shapes  # noqa: E402
+from imagic_lora.images import pil_to_tensor  # noqa: E402
+
+PLACE_PX = 6.0
+
+
+def load_case(folder: Path, etas: list[float] | None = None, num_seeds: int | None = None) -> dict | None:
+    """A kept case: its input, candidates and their text scores (only ``etas`` and the first ``num_seeds``
+    seeds when given)."""
+    config = json.loads((folder / "imagic_config.json").read_text())
+    picked = config.get("picked")
+    if not picked:
+        return None
+    scene_input = Image.open(folder / "images" / "input.png").convert("RGB")
+    first = min(c["seed"] for c in picked["candidates"])
+    kept = [c for c in picked["candidates"] if (etas is None or any(abs(c["eta"] - e) < 1e-6 for e in etas))
+            and (num_seeds is None or c["seed"] < first + num_seeds)]
+    candidates = [(c["eta"], c["seed"]) for c in kept]
+    images = [Image.open(folder / "images" / f"eta_{e:.2f}_seed_{s}.png").convert("RGB") for e, s in candidates]
+    return {"name": folder.name, "prompt": config["target_prompt"], "input": scene_input, "images": images,
+            "candidates": candidates, "scores": [c["text_score"] if c["text_score"] is not None else -math.inf
+                                                 for c in kept],
+            "reference": picked["input_text_score"]}
+
+
+def target_of(prompt: str) -> dict:
+    words = prompt.split()
+    size, color, shape = words[1], words[2], words[3]
+    direction = words[5] if shape == "triangle" else None
+    return {"shape": shape, "color": color, "size": size, "background": words[-2], "direction": direction}
+
+
+def kind_of(input_reading, target: dict) -> str:
+    changed = [a for a in shapes.ATTRIBUTES if getattr(input_reading, a) != target[a]]
+    return changed[0] if changed else "none"
+
+
+def rules(case: dict, blur_place: float) -> dict[str, int]:
+    """Each rule's choice (a candidate index)."""
+    pixels = torch.cat([pil_to_tensor(i) for i in case["images"]])
+    reference = pil_to_tensor(case["input"])
+    structure = pick.structure_distances(pixels, reference).tolist()
+    layout = pick.structure_distances(pixels, reference, blur=blur_place).tolist()
+    scores, ref = case["scores"], case["reference"]
+    out = {"current": pick.choose(scores, structure, reference=ref).index}
+    n = len(scores)
+    for tau in (0.1, 0.15, 0.2, 0.25, 0.3):
+        inside = [i for i in range(n) if layout[i] <= tau]
+        if inside and max(scores[i] for i in inside) > ref:
+            choice = max(inside, key=lambda i: scores[i])
+        else:
+            choice = max(range(n), key=lambda i: scores[i])
+        out[f"max score within layout {tau}"] = choice
+    for fraction in (0.7, 0.8, 0.9):
+        for tau in (0.15, 0.2, 0.25):
+            inside = [i for i in range(n) if layout[i] <= tau]
+            pool = inside if inside and max(scores[i] for i in inside) > ref else list(range(n))
+            best = max(scores[i] for i in pool)
+            bar = ref + fraction * (best - ref)
+            kept = [i for i in pool if scores[i] >= bar] or [max(pool, key=lambda i: scores[i])]
+            out[f"nearest layout among {fraction} of best within {tau}"] = min(kept, key=lambda i: layout[i])
+    # A soft trade-off: the text score as a share of the way from the input's to the best, less a
+    # penalty per unit of layout distance.
+    best = max(scores)
+    if best > ref:
+        share = [(s - ref) / (best - ref) for s in scores]
+        for lam in (0.5, 1.0, 2.0, 4.0):
+            out[f"max share - {lam} x layout"] = max(range(n), key=lambda i: share[i] - lam * layout[i])
+            out[f"max share - {lam} x structure"] = max(range(n), key=lambda i: share[i] - lam * structure[i])
+    else:
+        for lam in (0.5, 1.0, 2.0, 4.0):
+            out[f"max share - {lam} x layout"] = out[f"max share - {lam} x structure"] = scores.index(best)
+    out["max score"] = max(range(n), key=lambda i: scores[i])
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", help="Folders of case<i>/ folders (a run's --keep_images/<method>).")
+    parser.add_argument("--blur_place", type=float, default=0.2, help="Blur of the layout distance's edge maps.")
+    parser.add_argument("--etas", type=float, nargs="+", default=None, help="Only the candidates at these etas.")
+    parser.add_argument("--num_seeds", type=int, default=None, help="Only the candidates of the first seeds.")
+    args = parser.parse_args(argv)
+    tally: dict[str, dict[str, list[bool]]] = {}
+    for folder in args.folders:
+        for case_dir in sorted(Path(folder).glob("case*"), key=lambda p: int(p.name[4:])):
+            case = load_case(case_dir, args.etas, args.num_seeds)
+            if case is None:
+                continue
+            input_reading = shapes.judge(case["input"])
+            target = target_of(case["prompt"])
+            kind = kind_of(input_reading, target)
+            good = []
+            for image in case["images"]:
+                reading = shapes.judge(image)
+                good.append(shapes.matches(reading, target)
+                            and shapes.centre_distance(reading, input_reading.cx, input_reading.cy) <= PLACE_PX)
+            choices = rules(case, args.blur_place)
+            choices["a person, with the judge"] = good.index(True) if any(good) else 0
+            for rule, index in choices.items():
+                tally.setdefault(rule, {}).setdefault(kind, []).append(good[index])
+                tally[rule].setdefault("all", []).append(good[index])
+    kinds = sorted({k for by_kind in tally.values() for k in by_kind if k != "all"})
+    print(f"{'rule':<52} {'all':>6} " + " ".join(f"{k:>10}" for k in kinds))
+    for rule, by_kind in tally.items():
+        rate = lambda xs: f"{100 * sum(xs) / len(xs):.0f}%" if xs else "-"  # noqa: E731
+        print(f"{rule:<52} {rate(by_kind['all']):>6} " + " ".join(f"{rate(by_kind.get(k, [])):>10}" for k in kinds))
+    print(f"({len(tally['current']['all'])} cases)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The README's code blocks, run as a new reader runs them, in one fresh folder (tests/readme.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from readme import blocks, run_blocks
+
+README = ROOT / "README.md"
+
+
+def test_every_readme_block_is_run_or_says_why_not():
+    found = blocks(README.read_text())
+    assert found, "the README has no code blocks"
+    for block in found:
+        assert block.skip is None or block.skip, f"block {block.number} is skipped without a reason"
+        if block.skip is None:
+            assert block.lang in ("bash", "python"), f"block {block.number} ({block.lang!r}) would not run"
+
+
+def test_the_readme_skips_only_what_cannot_run_here():
+    skipped = [b for b in blocks(README.read_text()) if b.skip is not None]
+    # The install (CI runs it), the test command (this is it), and what needs a network or another program.
+    assert len(skipped) <= 5, [(b.number, b.skip) for b in skipped]
+
+
+@pytest.mark.slow
+def test_the_readme_runs_as_written(tmp_path):
+    """Command 1 and every snippet after it; the diffusers snippet draws the run's own edit.png back."""
+    ran = run_blocks(tmp_path)
+    commands = [block.code for block, _ in ran]
+    assert any(code.strip().startswith("imagic-lora") for code in commands), commands
+    assert any("load_lora_weights" in code for code in commands), commands
+    run = np.asarray(Image.open(tmp_path / "imagic-output" / "images" / "edit.png").convert("RGB"), dtype=np.int16)
+    again = np.asarray(Image.open(tmp_path / "edit.png").convert("RGB"), dtype=np.int16)
+    # Within rounding: the run drew eight images per pipeline call, the snippet one.
+    assert int(np.abs(run - again).max()) <= 1
+    for block, output in ran:
+        print(f"README block {block.number} ({block.lang}): ok")
