@@ -22,7 +22,8 @@ import heapq
 import torch
 
 
-def _modules(state: dict[str, torch.Tensor]) -> list[str]:
+def modules(state: dict[str, torch.Tensor]) -> list[str]:
+    """The kohya module names of an adapter (``lora_unet_...``), sorted."""
     return sorted(k[: -len(".lora_down.weight")] for k in state if k.endswith(".lora_down.weight"))
 
 
@@ -49,7 +50,7 @@ def truncate(state: dict[str, torch.Tensor], budget: float, dtype: torch.dtype =
     if not 0 < budget <= 1:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
     factors, heap = {}, []
-    for name in _modules(state):
+    for name in modules(state):
         down, up = state[f"{name}.lora_down.weight"], state[f"{name}.lora_up.weight"]
         rank = down.shape[0]
         alpha = float(state[f"{name}.alpha"]) if f"{name}.alpha" in state else float(rank)
@@ -81,6 +82,13 @@ def truncate(state: dict[str, torch.Tensor], budget: float, dtype: torch.dtype =
     return out
 
 
+def rank_and_alpha(state: dict[str, torch.Tensor]) -> tuple[int, float]:
+    """The largest rank and alpha of an adapter: what kohya's ``ss_network_dim`` and ``ss_network_alpha`` state."""
+    ranks = [state[f"{m}.lora_down.weight"].shape[0] for m in modules(state)]
+    alphas = [float(v) for k, v in state.items() if k.endswith(".alpha")]
+    return max(ranks, default=0), max(alphas, default=0.0)
+
+
 def delta(state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     """ΔW of module ``name`` (out, in·k·k), fp64: for checks."""
     down, up = state[f"{name}.lora_down.weight"].double(), state[f"{name}.lora_up.weight"].double()
@@ -91,8 +99,8 @@ def delta(state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
 
 def kept_energy(original: dict[str, torch.Tensor], truncated: dict[str, torch.Tensor]) -> float:
     """The share of the original adapter's energy (Σ‖ΔW‖², all modules) the truncated one keeps."""
-    total = sum(float(delta(original, n).pow(2).sum()) for n in _modules(original))
+    total = sum(float(delta(original, n).pow(2).sum()) for n in modules(original))
     kept = 0.0
-    for name in _modules(truncated):
+    for name in modules(truncated):
         kept += float(delta(truncated, name).pow(2).sum())
     return kept / total if total > 0 else 1.0

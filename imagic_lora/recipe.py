@@ -38,7 +38,7 @@ from .generate import EDIT_IMAGE_NAME, default_sample_batch_size, generate_image
 from .images import contact_sheet, file_sha256, is_readable_image, load_image, pil_to_tensor, save_image
 from .interrupt import Interrupted, StopFlag
 from .comfyui import workflow
-from .compress import kept_energy, lora_parameters, truncate
+from .compress import kept_energy, lora_parameters, rank_and_alpha, truncate
 from .lora import add_lora, architecture_of, fused_lora, kohya_metadata, kohya_state_dict, unmatched_targets
 from .metrics import peak_memory, timed
 from .models import (inference_scheduler, load_pipeline, native_resolution, prepare_unet, training_noise_scheduler,
@@ -344,9 +344,8 @@ class ImagicRecipe:
                 if cfg.full_finetune:
                     save_full_unet(out, unet, weight_dtype)
                 else:
-                    ranks = [v.shape[0] for k, v in saved_lora.items() if k.endswith(".lora_down.weight")]
-                    alphas = [float(v) for k, v in saved_lora.items() if k.endswith(".alpha")]
-                    meta = kohya_metadata(rank=max(ranks, default=0), alpha=max(alphas, default=0),
+                    rank, alpha = rank_and_alpha(saved_lora)
+                    meta = kohya_metadata(rank=rank, alpha=alpha,
                                           base_model=base_model, architecture=architecture, resolution=resolution,
                                           target_prompt=cfg.target_prompt)
                     save_lora(out, saved_lora, meta)

@@ -30,11 +30,8 @@ RESOLUTION = 64
 #: Every word a caption can use: the bundled model's closed vocabulary.
 WORDS = sorted({"a", "on", "background", *SHAPES, *COLORS, *SIZES, *BACKGROUNDS})
 
-# Each shape's prototype, measured on the object's mask (coverage >= 1/2) in clean renders:
-# (fill of its bounding box, share of its area in the box's top half, mean fill of the box's
-# four corner cells of a quarter of its width and height). Ideal values: square 1, 1/2, 1;
-# circle pi/4, 1/2, ~0.3; upright triangle 1/2, 1/4, ~0.4. The corners tell a slightly rounded
-# or blurred square from a circle far better than the fill alone does.
+# Each shape's (box fill, top-half share, corner fill), measured on clean renders' masks; the corners
+# tell a rounded or blurred square from a circle (docs/shapes_model.md, "How the judge reads a shape").
 _PROTOTYPES = {"square": (1.0, 0.5, 1.0), "circle": (0.77, 0.5, 0.29), "triangle": (0.53, 0.265, 0.41)}
 # The top-half share moves least under blur (a blurred triangle fills more of its box, but its
 # mass stays low): it counts four times in the squared distance.

@@ -180,22 +180,13 @@ def diffusers_fused_unet(model: str | Path, artifact: str | Path) -> dict[str, t
 
 
 def file_deltas(lora: dict[str, torch.Tensor], shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
-    """What the kohya file means, per diffusers weight: (alpha / rank) · up · down (fp64), for every module
-    (``lora_unet_`` + the diffusers module path with "_" for "."; SD 1.x/2.x naming). A module that names
-    no weight of ``shapes`` is left out (the caller counts it)."""
+    """What the kohya file means, per diffusers weight: (alpha / rank) · up · down (fp64,
+    ``imagic_lora.compress.delta``), for every module (``lora_unet_`` + the diffusers module path with "_" for
+    "."; SD 1.x/2.x naming). A module that names no weight of ``shapes`` is left out (the caller counts it)."""
+    from imagic_lora.compress import delta, modules
+
     names = {"lora_unet_" + k[: -len(".weight")].replace(".", "_"): k for k in shapes if k.endswith(".weight")}
-    deltas = {}
-    for key in lora:
-        if not key.endswith(".lora_down.weight"):
-            continue
-        module = key[: -len(".lora_down.weight")]
-        if module not in names:
-            continue
-        down, up = lora[key].double(), lora[f"{module}.lora_up.weight"].double()
-        alpha = float(lora[f"{module}.alpha"]) if f"{module}.alpha" in lora else float(down.shape[0])
-        weight = names[module]
-        deltas[weight] = (alpha / down.shape[0] * up.flatten(1) @ down.flatten(1)).reshape(shapes[weight])
-    return deltas
+    return {names[m]: delta(lora, m).reshape(shapes[names[m]]) for m in modules(lora) if m in names}
 
 
 def check_lora(started: dict, model_patcher, artifact: str | Path, model: str | Path) -> dict:
@@ -205,7 +196,9 @@ def check_lora(started: dict, model_patcher, artifact: str | Path, model: str | 
     from safetensors.torch import load_file
 
     lora = load_file(str(Path(artifact) / LORA_FILE))
-    modules = sorted(k[: -len(".lora_down.weight")] for k in lora if k.endswith(".lora_down.weight"))
+    from imagic_lora.compress import modules as lora_modules
+
+    modules = lora_modules(lora)
     (patched, *_), dropped = run_node(started, model_patcher, artifact)
     result = {"lora_keys": len(lora), "lora_modules": len(modules), "keys_not_loaded": len(dropped),
               "not_loaded": dropped[:10], "weights_patched": len(patched.patches)}
@@ -411,7 +404,7 @@ def make_artifact(folder: str | Path, model: str | Path, *, resolution: int = 25
 
     from imagic_lora.artifact import load_edit, save_embeds, save_lora, write_json
     from imagic_lora.comfyui import workflow
-    from imagic_lora.compress import truncate
+    from imagic_lora.compress import rank_and_alpha, truncate
     from imagic_lora.conditioning import PromptEmbeds, encode_prompt
     from imagic_lora.config import LORA_TARGET_PRESETS
     from imagic_lora.presets import PRESETS
@@ -430,9 +423,8 @@ def make_artifact(folder: str | Path, model: str | Path, *, resolution: int = 25
     trained = kohya_state_dict(pipe.unet, alpha=rank)
     trained = {k: v * 0.1 if k.endswith("lora_up.weight") else v for k, v in trained.items()}  # a modest update
     saved = truncate(trained, budget)
-    ranks = [v.shape[0] for k, v in saved.items() if k.endswith(".lora_down.weight")]
-    alpha = max(float(v) for k, v in saved.items() if k.endswith(".alpha"))
-    save_lora(folder, saved, kohya_metadata(rank=max(ranks), alpha=alpha, base_model=str(model),
+    rank, alpha = rank_and_alpha(saved)
+    save_lora(folder, saved, kohya_metadata(rank=rank, alpha=alpha, base_model=str(model),
                                             architecture=architecture_of(pipe), resolution=resolution,
                                             target_prompt=prompt))
     e_tgt = encode_prompt(pipe, prompt, "cpu")
