@@ -197,7 +197,10 @@ def test_the_summary_gathers_every_process_without_a_collective(tmp_path):
         raise AssertionError("a collective would time out when the processes' shares differ")
     accelerator = SimpleNamespace(process_index=0, num_processes=2, is_main_process=True,
                                   wait_for_everyone=no_collective)
-    late = threading.Timer(1.0, lambda: (tmp_path / ".summary.rank1.json").write_text(json.dumps([{"id": "b"}])))
+    # The late process writes its share with gather_rows itself: a bare write_text can be read half-written
+    # (CI once read an empty file), and the writer's atomic replace is part of what is tested.
+    other = SimpleNamespace(process_index=1, num_processes=2, is_main_process=False, wait_for_everyone=no_collective)
+    late = threading.Timer(1.0, lambda: gather_rows(other, str(tmp_path), [{"id": "b"}], ["a", "b"]))
     late.start()
     rows = gather_rows(accelerator, str(tmp_path), [{"id": "a"}], ["a", "b"])
     assert [r["id"] for r in rows] == ["a", "b"] and (tmp_path / "summary.jsonl").is_file()
