@@ -192,8 +192,8 @@ class ImagicConfig:
         0.25, "The pick, step 1: candidates whose edge structure lies within this distance of the input's "
               "(1 - correlation of blurred edge maps, in [0, 2]) kept its layout; when one of them beats the "
               "input's text score, the pick is made among them alone (0 turns this step off).", "pick")
-    pick_timesteps: int = _field(
-        16, "The pick scores each image at this many noise levels (the noisier half of the schedule).", "pick")
+    pick_timesteps: int | None = _field(
+        None, "The pick scores each image at this many noise levels (the noisier half of the schedule).", "pick")
     pick_keep_fraction: float = _field(
         0.6, "The pick, step 2 (when step 1 does not decide): a candidate counts as edited when its text score "
              "lies at least this fraction of the way from the input's score to the best, in (0, 1].", "pick")
