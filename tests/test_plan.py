@@ -109,14 +109,21 @@ def test_the_plan_turns_checkpointing_on_only_where_the_peak_would_not_fit(confi
 
 
 def test_the_sd15_plan_counts_the_work_the_issue_estimated(configs):
-    """SD 1.5 at 512 px: a UNet forward is 0.80 TFLOP; today's defaults on it cost about 5 PFLOP."""
+    """SD 1.5 at 512 px: a UNet forward is 0.80 TFLOP; the defaults issue 25 started from (A 300 x 4 draws,
+    B 200 x 4, 24 images of 25 steps, the pick at 16 noise levels) cost about 5 PFLOP; the SD 1.x preset's
+    default edit at most half of it, in UNet forward-equivalents."""
     from imagic_lora.config import ImagicConfig
     from imagic_lora.plan import Target, make_plan
-    _, plan = make_plan(ImagicConfig(pretrained_model_name_or_path=str(configs["sd15"])).resolved("shapes"),
-                        Target("cpu", "cpu"))
+    then = ImagicConfig(pretrained_model_name_or_path=str(configs["sd15"]), emb_train_steps=300, max_train_steps=200,
+                        train_batch_size=4, etas=[0.0, 0.8, 1.0], num_seeds=8, num_reconstruction_seeds=8,
+                        num_inference_steps=25, guidance_scale=3.0, pick_timesteps=16)
+    _, plan = make_plan(then.resolved(), Target("cpu", "cpu"))
     assert 0.79e12 < plan.costs.forward_flops < 0.81e12
     total = sum(w["tflop"] for w in plan.work.values())
     assert 4000 < total < 6000, plan.work
+    _, now = make_plan(ImagicConfig(pretrained_model_name_or_path=str(configs["sd15"])).resolved(), Target("cpu", "cpu"))
+    forwards = lambda p: sum(w["unet_forwards"] for w in p.work.values())  # noqa: E731
+    assert forwards(now) <= forwards(plan) / 2, (now.work, plan.work)
 
 
 def test_the_record_holds_the_work_done_as_counted(tiny_sd, input_png, tmp_path):
@@ -124,9 +131,9 @@ def test_the_record_holds_the_work_done_as_counted(tiny_sd, input_png, tmp_path)
     record = json.loads((tmp_path / "e" / "imagic_config.json").read_text())
     work, plan = record["work"], record["plan"]
     # FAST: A 8 steps x 2 draws, B 8 x 2, C 5 images (2 seeds x 2 etas > 0, eta 0 for one seed) x 4 steps x 2
-    # (guided), the pick 4 candidates + the input
+    # (guided), the pick 4 candidates + the input at the shapes preset's 8 noise levels, each scored twice
     assert work["A"]["unet_samples"] == 16 and work["B"]["unet_samples"] == 16
-    assert work["C"]["unet_samples"] == 5 * 4 * 2 and work["pick"]["unet_samples"] == 5 * 16 * 2
+    assert work["C"]["unet_samples"] == 5 * 4 * 2 and work["pick"]["unet_samples"] == 5 * 8 * 2
     for phase in ("A", "B", "C", "pick"):
         assert work[phase]["unet_forwards"] == pytest.approx(plan["estimated_work"][phase]["unet_forwards"], rel=0.02)
     assert plan["preset"] == "shapes" and record["preset"] == "shapes"
@@ -302,3 +309,17 @@ def test_the_optimiser_is_8bit_where_its_memory_matters_and_the_flag_wins():
     assert decide_optimizer(None, "cuda") is True  # bitsandbytes is installed here
     assert decide_optimizer(None, "cpu") is False  # torch's fused AdamW: several times faster per step there
     assert decide_optimizer(True, "cpu") is True and decide_optimizer(False, "cuda") is False
+
+
+def test_the_bundled_default_edit_costs_half_the_work_it_did():
+    """The bundled model's default edit against the defaults issue 25 started from (A 300 x 4 draws, B 200 x 4,
+    eta 0 for every seed, 25 steps, the pick at 16 noise levels): at most half the UNet forward-equivalents."""
+    from imagic_lora.config import BUNDLED_MODEL, ImagicConfig
+    from imagic_lora.plan import Target, make_plan
+    then = ImagicConfig(pretrained_model_name_or_path=str(BUNDLED_MODEL), emb_train_steps=300, train_batch_size=4,
+                        num_reconstruction_seeds=8, num_inference_steps=25, pick_timesteps=16)
+    _, before = make_plan(then.resolved(), Target("cpu", "cpu"))
+    _, now = make_plan(ImagicConfig(pretrained_model_name_or_path=str(BUNDLED_MODEL)).resolved(), Target("cpu", "cpu"))
+    forwards = lambda p: sum(w["unet_forwards"] for w in p.work.values())  # noqa: E731
+    assert 6000 < forwards(before) < 6300, before.work
+    assert forwards(now) <= forwards(before) / 2, (now.work, before.work)
