@@ -1,9 +1,10 @@
 """The plan of an edit, made before any weight is loaded: precision, memory and work.
 
 Costs are measured on PyTorch's meta device from the models' config files: the UNet is built without
-storage, and a forward and backward pass there costs seconds and no memory. FLOPs are counted by
-``torch.utils.flop_counter``; the memory a pass holds by a tracker of the tensors it creates (bytes of
-live storages, their peak). Attention is measured as the memory-efficient kernel PyTorch's SDPA runs on
+storage, and a forward and backward pass there costs seconds and no memory. FLOPs are counted with
+``torch.utils.flop_counter``'s formulas and the memory a pass holds by a tracker of the tensors it creates
+(bytes of live storages, their peak), both in one dispatch mode (FlopCounterMode beside it kept tensors
+alive: gradient checkpointing's peak read 2-7x too high). Attention is measured as the memory-efficient kernel PyTorch's SDPA runs on
 a GPU (the meta device would otherwise run the math kernel, which holds the full attention matrix).
 The estimate leaves out what autocast adds (normalisation outputs kept in fp32) and the allocator's
 fragmentation; the plan keeps a margin for them (docs/BENCHMARKS.md compares it with measured peaks).
@@ -30,13 +31,18 @@ _BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 
 
 class PeakMemory(TorchDispatchMode):
-    """Within: the bytes of the storages the operations create and still alive, and their peak."""
+    """Within: the bytes of the storages the operations create and still alive, and their peak; and the
+    FLOPs of the operations by torch's own formulas (``flops``). One mode for both: FlopCounterMode's
+    per-module tracking cost a second per plan on the bundled model, a tenth of its edit's step A."""
 
     def __init__(self):
         super().__init__()
+        from torch.utils.flop_counter import flop_registry
+        self.formulas = flop_registry
         self.sizes: dict[int, int] = {}
         self.refs: dict[int, int] = {}
         self.current = self.peak = 0
+        self.flops = 0
 
     def _track(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
@@ -56,6 +62,9 @@ class PeakMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        formula = self.formulas.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **(kwargs or {}), out_val=out)
         for tensor in out if isinstance(out, (tuple, list)) else [out]:
             if isinstance(tensor, torch.Tensor):
                 self._track(tensor)
@@ -120,15 +129,14 @@ def _unet_inputs(config: dict, resolution: int, vae_scale_factor: int, dtype, gr
 
 
 def _measure(unet, inputs, *, train: bool) -> tuple[float, int]:
-    from torch.utils.flop_counter import FlopCounterMode
     sample, timestep, embeds, kwargs = inputs
-    memory, flops = PeakMemory(), FlopCounterMode(display=False)
-    with _memory_efficient_attention(), memory, flops, torch.set_grad_enabled(train):
+    memory = PeakMemory()
+    with _memory_efficient_attention(), memory, torch.set_grad_enabled(train):
         out = unet(sample, timestep, embeds, **kwargs).sample
         if train:
             out.float().pow(2).mean().backward()
         del out
-    return float(flops.get_total_flops()), memory.peak
+    return float(memory.flops), memory.peak
 
 
 def measure_unet(unet_config: dict, resolution: int, vae_scale_factor: int, dtype: torch.dtype, *,
