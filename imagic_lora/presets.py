@@ -33,10 +33,10 @@ class Preset:
 
 SHAPES = Preset(
     "shapes", "the bundled shapes-world model (and the project's other small closed-vocabulary models)",
-    dict(emb_train_steps=240, emb_learning_rate=1e-2, max_train_steps=200, learning_rate=1e-3,
-         train_batch_size=2, rank=8, lora_target_modules="attn_ff_conv", max_grad_norm=0.0,
-         etas=[0.0, 0.8, 1.0], num_seeds=8, recommended_eta=0.8, guidance_scale=3.0, num_inference_steps=20,
-         scheduler="ddim", lora_budget=1.0, pick_timesteps=8),
+    dict(emb_train_steps=300, emb_learning_rate=1e-2, max_train_steps=200, learning_rate=1e-3,
+         train_batch_size=4, rank=8, lora_target_modules="attn_ff_conv", max_grad_norm=0.0,
+         etas=[0.0, 0.8, 1.0], num_seeds=8, recommended_eta=0.8, guidance_scale=3.0, num_inference_steps=25,
+         scheduler="ddim", lora_budget=1.0, pick_timesteps=16),
     measured=True,
     sources={"*": "tuned on the shapes benchmark (docs/shapes_benchmark.md)"})
 
@@ -68,8 +68,8 @@ _SD_SOURCES = {
     "lora_budget": "a guess, to make the artifact small (SD 1.5 about 4 MB, SDXL about 12 MB); on the shapes model "
                    "a quarter of the parameters keeps only 74% of the weight update's energy, so the shapes preset "
                    "keeps all of it",
-    "pick_timesteps": "the pick's first calibration on the shapes model (16 noise levels; that preset now uses 8), "
-                      "kept until measured on SD weights",
+    "pick_timesteps": "the pick's calibration on the shapes model (16 noise levels), kept until measured on SD "
+                      "weights",
 }
 SD1 = Preset("sd1", "Stable Diffusion 1.x (512 px)", dict(_SD), measured=False, sources=_SD_SOURCES)
 SD2 = Preset("sd2", "Stable Diffusion 2.x base, epsilon prediction (512 px)", dict(_SD), measured=False,
