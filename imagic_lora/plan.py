@@ -4,8 +4,9 @@ Costs are measured on PyTorch's meta device from the models' config files: the U
 storage, and a forward and backward pass there costs seconds and no memory. FLOPs are counted with
 ``torch.utils.flop_counter``'s formulas and the memory a pass holds by a tracker of the tensors it creates
 (bytes of live storages, their peak), both in one dispatch mode (FlopCounterMode beside it kept tensors
-alive: gradient checkpointing's peak read 2-7x too high). Attention is measured as the memory-efficient kernel PyTorch's SDPA runs on
-a GPU (the meta device would otherwise run the math kernel, which holds the full attention matrix).
+alive: gradient checkpointing's peak read 2-7x too high). Attention is measured as the memory-efficient
+kernel PyTorch's SDPA runs on a GPU (the meta device would otherwise run the math kernel, which holds the
+full attention matrix).
 The estimate leaves out what autocast adds (normalisation outputs kept in fp32) and the allocator's
 fragmentation; the plan keeps a margin for them (docs/BENCHMARKS.md compares it with measured peaks).
 """
@@ -24,8 +25,6 @@ GIB = 1024 ** 3
 #: Of the GPU's free memory, the share the plan counts on; the rest is left to the CUDA context, cuBLAS
 #: workspaces and the allocator's fragmentation.
 USABLE_FRACTION = 0.85
-#: The pick scores each candidate at this many noise levels, with both embeddings (imagic_lora.pick).
-PICK_TIMESTEPS = 16
 
 _BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 
@@ -279,7 +278,7 @@ class Plan:
 
 def estimate_work(costs: UNetCosts, *, emb_steps: int, emb_batch: int, steps: int, batch: int, accumulation: int,
                   images: int, candidates: int, inference_steps: int, guided: bool, vae_decode_flops: float,
-                  vae_encode_flops: float, pick_timesteps: int = PICK_TIMESTEPS) -> dict[str, dict[str, float]]:
+                  vae_encode_flops: float, pick_timesteps: int) -> dict[str, dict[str, float]]:
     """UNet forward-equivalents (FLOPs / one sample's forward) and TFLOP per phase of an edit."""
     f = costs.forward_flops
     phases = {

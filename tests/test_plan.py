@@ -309,4 +309,3 @@ def test_the_optimiser_is_8bit_where_its_memory_matters_and_the_flag_wins():
     assert decide_optimizer(None, "cuda") is True  # bitsandbytes is installed here
     assert decide_optimizer(None, "cpu") is False  # torch's fused AdamW: several times faster per step there
     assert decide_optimizer(True, "cpu") is True and decide_optimizer(False, "cuda") is False
-
