@@ -96,11 +96,12 @@ def score(image: Image.Image, case: Case, input_centre: tuple[float, float]) -> 
 
 
 def run_imagic(cli, case: Case, input_path: Path, flags: list[str], etas: list[float], num_seeds: int,
-               workdir: Path, input_centre, keep: Path | None = None) -> tuple[list[dict], dict]:
+               workdir: Path, input_centre, keep: Path | None = None,
+               seed_offset: int = 0) -> tuple[list[dict], dict]:
     out = workdir / f"case{case.index}"
     argv = ["--input_image", str(input_path), "--target_prompt", case.target_prompt, "--output_dir", str(out),
-            "--etas", *map(str, etas), "--num_seeds", str(num_seeds), "--seed", str(case.seed), "--overwrite",
-            *flags]
+            "--etas", *map(str, etas), "--num_seeds", str(num_seeds), "--seed", str(case.seed + seed_offset),
+            "--overwrite", *flags]
     if cli.main(argv) != 0:
         raise RuntimeError(f"imagic_lora failed on case {case.index}: {argv}")
     config = json.loads((out / "imagic_config.json").read_text())
@@ -144,7 +145,8 @@ def run_case(case: Case, methods: dict[str, list[str]], baselines: list[str], ar
         start = time.perf_counter()
         keep = Path(args.keep_images) / name / f"case{case.index}" if args.keep_images else None
         records, timing = run_imagic(cli, case, input_path, ["--pretrained_model_name_or_path", args.model, *flags],
-                                     args.etas, args.num_seeds, workdir / name, input_centre, keep)
+                                     args.etas, args.num_seeds, workdir / name, input_centre, keep,
+                                     seed_offset=getattr(args, "edit_seed_offset", 0))
         result["methods"][name] = {"records": records, "phase_s": timing,
                                    "wall_s": round(time.perf_counter() - start, 2)}
     if baselines:
@@ -193,9 +195,10 @@ def merge_reused(results: list[dict], path: Path, args) -> dict:
     made on other cases or settings. Returns what was taken, for the report."""
     earlier = json.loads(path.read_text())
     meta = earlier["meta"]
-    for key, value in (("num_seeds", args.num_seeds), ("etas", args.etas), ("strengths", args.strengths)):
-        if meta[key] != value:
-            raise SystemExit(f"--reuse: {path} was run with {key} {meta[key]}, this run with {value}")
+    for key, value in (("num_seeds", args.num_seeds), ("etas", args.etas), ("strengths", args.strengths),
+                       ("edit_seed_offset", getattr(args, "edit_seed_offset", 0))):
+        if meta.get(key, 0) != value:  # runs from before the offset existed ran at 0
+            raise SystemExit(f"--reuse: {path} was run with {key} {meta.get(key, 0)}, this run with {value}")
     old = {r["case"]: r for r in earlier["cases"]}
     taken = set()
     for result in results:
@@ -419,6 +422,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default=str(BUNDLED_MODEL), help="Base model (default: the bundled shapes model).")
     p.add_argument("--num_cases", type=int, default=60)
     p.add_argument("--seed", type=int, default=0, help="Seed of the cases.")
+    p.add_argument("--edit_seed_offset", type=int, default=0,
+                   help="Added to each case's seed for the Imagic methods' own --seed (their draws in steps A, B, C "
+                        "and the pick), on the same cases: how much of a difference the edit's randomness makes.")
     p.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4])
     p.add_argument("--strengths", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     p.add_argument("--num_seeds", type=int, default=2)
@@ -469,7 +475,8 @@ def main(argv=None) -> int:
     reused = merge_reused(results, Path(args.reuse), args) if args.reuse else None
     summary = summarise(results)
     import diffusers
-    meta = {"num_cases": len(cases), "num_seeds": args.num_seeds, "model": os.path.relpath(args.model, ROOT)
+    meta = {"num_cases": len(cases), "num_seeds": args.num_seeds, "edit_seed_offset": args.edit_seed_offset,
+            "model": os.path.relpath(args.model, ROOT)
             if Path(args.model).is_absolute() else args.model,
             "command": portable_command(argv or sys.argv[1:]),
             "device": f"CPU, {args.workers} processes x 1 thread", "torch": torch.__version__,

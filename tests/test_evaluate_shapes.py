@@ -58,6 +58,27 @@ def test_reuse_refuses_other_cases_or_settings(bench, tmp_path):
     same_cases, _ = _run(bench.make_cases(4, seed=0), ["a"])
     with pytest.raises(SystemExit, match="etas"):
         bench.merge_reused(same_cases, earlier, Namespace(num_seeds=1, etas=[0.0, 0.8], strengths=[0.5]))
+    with pytest.raises(SystemExit, match="edit_seed_offset"):  # the same cases, the edits drawn otherwise
+        bench.merge_reused(same_cases, earlier, Namespace(num_seeds=1, etas=[0.0, 1.0], strengths=[0.5],
+                                                          edit_seed_offset=500))
+
+
+def test_the_edit_seed_offset_moves_the_edits_seed_not_the_case(bench, tmp_path):
+    class RecordingCli:  # stands in for the CLI's entry point only, to read what it is asked to run
+        argv = None
+
+        def main(self, argv):
+            RecordingCli.argv = argv
+            return 1
+
+    case = bench.make_cases(1, seed=0)[0]
+    for offset in (0, 500):
+        with pytest.raises(RuntimeError, match="failed on case 0"):
+            bench.run_imagic(RecordingCli(), case, tmp_path / "in.png", [], [0.0, 1.0], 2, tmp_path, (32, 32),
+                             seed_offset=offset)
+        argv = RecordingCli.argv
+        assert argv[argv.index("--seed") + 1] == str(case.seed + offset)
+        assert argv[argv.index("--target_prompt") + 1] == case.target_prompt
 
 
 def test_report_shows_the_automatic_pick_beside_the_etas(bench, tmp_path):
