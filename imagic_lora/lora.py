@@ -47,6 +47,15 @@ def unmatched_targets(unet, target_modules: list[str]) -> list[str]:
     return [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
 
 
+def copy_device(device: torch.device, copy_bytes: int, free_bytes: int | None) -> torch.device:
+    """Where :func:`fused_lora` keeps its copy of the base weights: on the GPU itself when its free memory
+    holds the copy twice over (no round trip through the host: SD 1.5's adapted weights are 1.6 GB in
+    fp16), else on the CPU, so that a full card is not pushed over by step C."""
+    if device.type == "cuda" and free_bytes is not None and free_bytes >= 2 * copy_bytes:
+        return device
+    return torch.device("cpu")
+
+
 @contextmanager
 def fused_lora(pipe):
     """Within: the UNet's LoRA merged into the weights it adapts (diffusers' ``fuse_lora``), so that an
@@ -54,9 +63,10 @@ def fused_lora(pipe):
     docs/BENCHMARKS.md). A stock pipeline that loads the same file and fuses it draws the same images.
 
     After (also after an error, fusing's included): unfused, and every adapted base weight restored bit
-    for bit from a copy kept on the CPU, because unfusing subtracts the update again and leaves rounding
-    behind, and what comes next uses the base weights (the pick scores with the LoRA off; a manifest's
-    next edit starts from them). A UNet without a LoRA (a full fine-tune) runs as it is.
+    for bit from a copy, because unfusing subtracts the update again and leaves rounding behind, and what
+    comes next uses the base weights (the pick scores with the LoRA off; a manifest's next edit starts from
+    them). The copy stays on the GPU when it has room (:func:`copy_device`), else on the CPU. A UNet
+    without a LoRA (a full fine-tune) runs as it is.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -64,7 +74,11 @@ def fused_lora(pipe):
     if not layers:
         yield
         return
-    originals = [m.get_base_layer().weight.detach().to("cpu", copy=True) for m in layers]
+    weights = [m.get_base_layer().weight for m in layers]
+    device = weights[0].device
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    keep_on = copy_device(device, sum(w.numel() * w.element_size() for w in weights), free)
+    originals = [w.detach().to(keep_on, copy=True) for w in weights]
     try:
         pipe.fuse_lora(components=["unet"])
         yield

@@ -77,3 +77,19 @@ def test_a_bf16_resume_gives_the_uninterrupted_result(tiny_sd, input_png, tmp_pa
     for name in ("pytorch_lora_weights.safetensors", "imagic_embeds.safetensors"):
         a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "resumed" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_fused_lora_on_the_gpu_keeps_its_copy_there_and_restores_bit_for_bit(tiny_sd, monkeypatch):
+    from imagic_lora import lora
+    from imagic_lora.models import load_pipeline
+    pipe = load_pipeline(str(tiny_sd), weight_dtype=torch.float16).to("cuda")
+    lora.add_lora(pipe.unet, rank=4, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"], seed=0,
+                  init_lora_weights=False)
+    weights = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    kept = []
+    choose = lora.copy_device
+    monkeypatch.setattr(lora, "copy_device", lambda *a: kept.append(choose(*a)) or kept[-1])
+    with lora.fused_lora(pipe):
+        assert any(not torch.equal(p, weights[n]) for n, p in pipe.unet.named_parameters())
+    assert kept and kept[0].type == "cuda"  # a tiny UNet's copy fits on any card
+    assert all(torch.equal(p, weights[n]) for n, p in pipe.unet.named_parameters())

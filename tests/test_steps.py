@@ -156,6 +156,15 @@ def test_fused_lora_restores_the_base_after_an_error(setup, monkeypatch, where):
     assert all(torch.equal(p, weights[n]) for n, p in unet.named_parameters())
 
 
+def test_fused_lora_keeps_its_copy_on_the_gpu_only_with_room_to_spare():
+    from imagic_lora.lora import copy_device
+    gpu, gb = torch.device("cuda", 0), 2 ** 30
+    assert copy_device(gpu, 2 * gb, free_bytes=5 * gb) == gpu
+    assert copy_device(gpu, 2 * gb, free_bytes=3 * gb) == torch.device("cpu")  # twice the copy or the host
+    assert copy_device(torch.device("cpu"), 2 * gb, free_bytes=None) == torch.device("cpu")
+    assert copy_device(torch.device("mps"), 1, free_bytes=None) == torch.device("cpu")
+
+
 def test_fused_lora_without_an_adapter_changes_nothing(setup):
     pipe = setup[0]
     before = snapshot(pipe.unet)
