@@ -1,15 +1,22 @@
 """The shapes world: a renderer whose images we can judge exactly, and the judge.
 
 64x64 RGB images of one object on a plain background, anywhere in the frame (the whole object
-inside). Shapes circle, square, triangle (upright); colours red, green, blue, yellow; sizes
-small (the object spans 12-20 px) and large (28-40 px); backgrounds white, black, gray.
+inside). Shapes circle, square, triangle; colours red, green, blue, yellow; sizes small (the
+object spans 12-20 px) and large (28-40 px); backgrounds white, black, gray.
 Caption: "a {size} {color} {shape} on a {background} background". The position is never in
 the caption: it is the detail of a real image that text does not describe and that an edit
 must keep.
 
-:func:`judge` reads shape, colour, size, background and the bounding-box centre back from any
-image, analytically: background from the border, the object as the pixels far from it, the
-shape from how its mask fills its bounding box: overall, in the top half, and in the corners.
+Two versions of the world. In version 1 (the bundled model's) every triangle points up and its
+caption does not say so. In version 2 a triangle points up, down, left or right (an isosceles
+triangle filling its bounding square, its apex the middle of one side) and its caption names the
+way: "a small red triangle pointing left on a white background"; the direction is the world's
+edit that must move the outline. A scene's ``direction`` is None where its caption has none.
+
+:func:`judge` reads shape, colour, size, background, a triangle's direction and the bounding-box
+centre back from any image, analytically: background from the border, the object as the pixels
+far from it, the shape from how its mask fills its bounding box: overall, in its emptiest half,
+and in the corners; a triangle points to its emptiest half.
 """
 
 from __future__ import annotations
@@ -25,16 +32,26 @@ SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40)}
 SIZES = {"small": (12, 20), "large": (28, 40)}
 BACKGROUNDS = {"white": (250, 250, 250), "black": (15, 15, 15), "gray": (128, 128, 128)}
+DIRECTIONS = ("up", "down", "left", "right")
 ATTRIBUTES = ("shape", "color", "size", "background")
+#: A version-2 scene's attributes: a triangle's direction too (None for the other shapes).
+ATTRIBUTES_V2 = (*ATTRIBUTES, "direction")
+WORLDS = (1, 2)
 RESOLUTION = 64
-#: Every word a caption can use: the bundled model's closed vocabulary.
+#: Every word a caption of world version 1 can use: the bundled model's closed vocabulary.
 WORDS = sorted({"a", "on", "background", *SHAPES, *COLORS, *SIZES, *BACKGROUNDS})
 
-# Each shape's (box fill, top-half share, corner fill), measured on clean renders' masks; the corners
-# tell a rounded or blurred square from a circle (docs/shapes_model.md, "How the judge reads a shape").
+
+def words(world: int = 1) -> list[str]:
+    """Every word a caption of world version ``world`` can use (a model's closed vocabulary)."""
+    return WORDS if world == 1 else sorted({*WORDS, "pointing", *DIRECTIONS})
+
+# Each shape's (box fill, share of its emptiest half, corner fill), measured on clean renders' masks; the
+# corners tell a rounded or blurred square from a circle (docs/shapes_model.md, "How the judge reads a
+# shape"). The emptiest half of an upright triangle is its top half (version 1 read the top half only).
 _PROTOTYPES = {"square": (1.0, 0.5, 1.0), "circle": (0.77, 0.5, 0.29), "triangle": (0.53, 0.265, 0.41)}
-# The top-half share moves least under blur (a blurred triangle fills more of its box, but its
-# mass stays low): it counts four times in the squared distance.
+# The emptiest half's share moves least under blur (a blurred triangle fills more of its box, but its
+# mass stays away from the apex): it counts four times in the squared distance.
 _FEATURE_WEIGHTS = (1.0, 4.0, 1.0)
 _SIZE_SPLIT = 24
 
@@ -48,17 +65,26 @@ class Scene:
     span: float  # side of the object's bounding square, pixels
     cx: float  # centre of the bounding box, pixels (0 = left edge of the image)
     cy: float
+    direction: str | None = None  # where a version-2 triangle points; None: version 1 (drawn up) or no triangle
 
     @property
     def caption(self) -> str:
-        return caption(self.shape, self.color, self.size, self.background)
+        return caption(self.shape, self.color, self.size, self.background, self.direction)
 
     def attributes(self) -> dict[str, str]:
-        return {a: getattr(self, a) for a in ATTRIBUTES}
+        """Shape, colour, size, background; and the direction when the scene has one (version 2)."""
+        names = ATTRIBUTES if self.direction is None else ATTRIBUTES_V2
+        return {a: getattr(self, a) for a in names}
 
     def with_attribute(self, name: str, value: str, rng: random.Random | None = None) -> "Scene":
-        """The same scene with one attribute changed (a new span if the size changes, same centre)."""
+        """The same scene with one attribute changed (a new span if the size changes, same centre). Only a
+        triangle points: a shape change drops the direction, and a version-2 scene that becomes a triangle
+        then needs one (``.with_attribute("direction", ...)``)."""
+        if name == "direction" and self.shape != "triangle":
+            raise ValueError(f"only a triangle points: the scene holds a {self.shape}")
         changed = replace(self, **{name: value})
+        if name == "shape" and value != "triangle":
+            changed = replace(changed, direction=None)
         if name == "size":
             low, high = SIZES[value]
             span = (low + high) / 2 if rng is None else rng.uniform(low, high)
@@ -70,8 +96,9 @@ class Scene:
         return asdict(self)
 
 
-def caption(shape: str, color: str, size: str, background: str) -> str:
-    return f"a {size} {color} {shape} on a {background} background"
+def caption(shape: str, color: str, size: str, background: str, direction: str | None = None) -> str:
+    pointing = f" pointing {direction}" if direction else ""
+    return f"a {size} {color} {shape}{pointing} on a {background} background"
 
 
 def _clamp_centre(scene: Scene, resolution: int = RESOLUTION) -> Scene:
@@ -80,8 +107,12 @@ def _clamp_centre(scene: Scene, resolution: int = RESOLUTION) -> Scene:
                    cy=min(max(scene.cy, half), resolution - half))
 
 
-def random_scene(rng: random.Random, resolution: int = RESOLUTION, **fixed) -> Scene:
-    """A uniformly random scene; ``fixed`` pins attributes (e.g. ``shape="circle"``)."""
+def random_scene(rng: random.Random, resolution: int = RESOLUTION, world: int = 1, **fixed) -> Scene:
+    """A uniformly random scene of world version ``world``; ``fixed`` pins attributes (e.g.
+    ``shape="circle"``). Version 1 draws exactly what it always drew for a seed; version 2 then draws a
+    triangle's direction."""
+    if world not in WORLDS:
+        raise ValueError(f"world version {world} is not one of {WORLDS}")
     shape = fixed.get("shape") or rng.choice(SHAPES)
     color = fixed.get("color") or rng.choice(list(COLORS))
     size = fixed.get("size") or rng.choice(list(SIZES))
@@ -89,14 +120,20 @@ def random_scene(rng: random.Random, resolution: int = RESOLUTION, **fixed) -> S
     span = rng.uniform(*SIZES[size])
     half = span / 2 + 1
     cx, cy = rng.uniform(half, resolution - half), rng.uniform(half, resolution - half)
-    return Scene(shape, color, size, background, span, cx, cy)
+    direction = None
+    if world == 2 and shape == "triangle":
+        direction = fixed.get("direction") or rng.choice(DIRECTIONS)
+    return Scene(shape, color, size, background, span, cx, cy, direction)
 
 
 def _shape_polygon(scene: Scene, scale: float):
     s, cx, cy = scene.span * scale, scene.cx * scale, scene.cy * scale
     left, top, right, bottom = cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2
-    if scene.shape == "triangle":
-        return [(cx, top), (right, bottom), (left, bottom)]
+    if scene.shape == "triangle":  # the apex is the middle of the side it points to; the base the opposite side
+        return {"up": [(cx, top), (right, bottom), (left, bottom)],
+                "down": [(cx, bottom), (left, top), (right, top)],
+                "left": [(left, cy), (right, top), (right, bottom)],
+                "right": [(right, cy), (left, bottom), (left, top)]}[scene.direction or "up"]
     return [left, top, right, bottom]
 
 
@@ -168,9 +205,10 @@ class Reading:
     cy: float
     span: float
     fill: float
-    top_share: float = 0.5
+    top_share: float = 0.5  # the share of the object's mask in its emptiest half (the top for an upright triangle)
     corners: float = 0.0
     found: bool = True
+    direction: str | None = None  # where a triangle points (the side of its emptiest half); None for other shapes
 
     def attributes(self) -> dict[str, str | None]:
         return {a: getattr(self, a) for a in ATTRIBUTES}
@@ -232,8 +270,10 @@ def judge(image: Image.Image) -> Reading:
     box = mask[top:bottom + 1, left:right + 1]
     height, width = box.shape
     fill = float(box.mean())
-    upper = box[: height // 2].sum() + (0.5 * box[height // 2].sum() if height % 2 else 0.0)
-    top_share = float(upper / max(box.sum(), 1))
+    halves = {side: _half_share(box if side in ("up", "down") else box.T, side in ("up", "left"))
+              for side in DIRECTIONS}
+    apex = min(halves, key=halves.get)
+    top_share = halves[apex]
     # Corners by soft coverage: a blurred corner pixel drops below one half but not to zero.
     soft = alpha[top:bottom + 1, left:right + 1]
     ch, cw = max(1, round(height / 4)), max(1, round(width / 4))
@@ -245,7 +285,15 @@ def judge(image: Image.Image) -> Reading:
     span = float(max(width, height))
     size = "small" if span < _SIZE_SPLIT else "large"
     return Reading(shape, color, size, background, (left + right + 1) / 2, (top + bottom + 1) / 2, span, fill,
-                   top_share, corners)
+                   top_share, corners, direction=apex if shape == "triangle" else None)
+
+
+def _half_share(box: np.ndarray, first: bool) -> float:
+    """The share of a mask's pixels in its first (top) or last (bottom) half of rows; a middle row counts half."""
+    height = box.shape[0]
+    middle = 0.5 * box[height // 2].sum() if height % 2 else 0.0
+    part = box[: height // 2] if first else box[height - height // 2:]
+    return float((part.sum() + middle) / max(box.sum(), 1))
 
 
 def _fit_border_plane(pixels: np.ndarray) -> np.ndarray:
@@ -267,8 +315,10 @@ def _fit_border_plane(pixels: np.ndarray) -> np.ndarray:
 
 
 def matches(reading: Reading, attributes: dict[str, str]) -> bool:
-    """All four attributes equal the wanted ones."""
-    return reading.found and all(getattr(reading, a) == attributes[a] for a in ATTRIBUTES)
+    """Every wanted attribute equals the one read: the four, and a version-2 triangle's direction when
+    ``attributes`` names one (a version-2 scene's :meth:`Scene.attributes`)."""
+    return reading.found and all(getattr(reading, a) == wanted for a, wanted in attributes.items()
+                                 if a in ATTRIBUTES or (a == "direction" and wanted is not None))
 
 
 def centre_distance(reading: Reading, cx: float, cy: float) -> float:
