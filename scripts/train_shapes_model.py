@@ -14,7 +14,9 @@ Three stages, each deterministic from --seed:
    model as users load it: text-to-image samples judged by imagic_lora.shapes.judge.
 The measured figures land in <output_dir>/training_report.json.
 
-On 2 CPU cores the defaults take about 45 minutes; a GPU is used when present.
+On 2 CPU cores the defaults take about 45 minutes; a GPU is used when present. ``--world 2`` trains on
+the world's version 2 (triangles that point four ways, their captions naming the direction); the
+bundled model is version 1.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output_dir", default="imagic_lora/bundled/shapes-sd", help="Where the pipeline is saved.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the data, the initialisation and every draw.")
+    p.add_argument("--world", type=int, default=1, choices=shapes.WORLDS,
+                   help="The shapes world's version: 1, the bundled model's; 2, triangles that point up, down, left "
+                        "or right, their captions naming the direction (imagic_lora.shapes).")
     p.add_argument("--num_images", type=int, default=20000, help="Rendered training images.")
     p.add_argument("--vae_steps", type=int, default=1000, help="VAE training steps (batch --vae_batch_size).")
     p.add_argument("--vae_batch_size", type=int, default=32)
@@ -105,13 +110,13 @@ def make_text_encoder(tokenizer) -> CLIPTextModel:
 # Data
 
 
-def render_dataset(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """n renders as uint8 (n, 3, 64, 64) and their captions."""
+def render_dataset(n: int, seed: int, world: int = 1) -> tuple[torch.Tensor, list[str]]:
+    """n renders of world version ``world`` as uint8 (n, 3, 64, 64) and their captions."""
     rng = random.Random(seed)
     images = np.empty((n, 64, 64, 3), dtype=np.uint8)
     captions = []
     for i in tqdm(range(n), desc="render", mininterval=5):
-        scene = shapes.random_scene(rng)
+        scene = shapes.random_scene(rng, world=world)
         images[i] = np.asarray(shapes.render(scene))
         captions.append(scene.caption)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions
@@ -242,36 +247,54 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, noise_scheduler
 
 
 @torch.no_grad()
+def world_captions(world: int) -> list[dict]:
+    """Every caption of the world as the attributes it names: 72 in version 1; 144 in version 2 (each
+    triangle caption in its four directions)."""
+    combos = []
+    for s in shapes.SHAPES:
+        directions = shapes.DIRECTIONS if world == 2 and s == "triangle" else (None,)
+        for c in shapes.COLORS:
+            for z in shapes.SIZES:
+                for b in shapes.BACKGROUNDS:
+                    for d in directions:
+                        wanted = dict(zip(shapes.ATTRIBUTES, (s, c, z, b)))
+                        if d is not None:
+                            wanted["direction"] = d
+                        combos.append(wanted)
+    return combos
+
+
 def evaluate_text_to_image(model_dir: Path, samples_per_caption: int, guidance_scales: list[float], steps: int,
-                           seed: int, device) -> dict:
+                           seed: int, device, world: int = 1) -> dict:
     pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None, dtype=torch.float32).to(device)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    combos = [(s, c, z, b) for s in shapes.SHAPES for c in shapes.COLORS for z in shapes.SIZES
-              for b in shapes.BACKGROUNDS]
+    combos = world_captions(world)
+    names = shapes.ATTRIBUTES_V2 if world == 2 else shapes.ATTRIBUTES
     results = {}
     for guidance in guidance_scales:
-        correct = {a: 0 for a in shapes.ATTRIBUTES}
-        all_four, total = 0, 0
+        correct, asked = {a: 0 for a in names}, {a: 0 for a in names}
+        all_right, total = 0, 0
         for k in range(samples_per_caption):
             # One batch per pass over the captions: the same seeds for every guidance scale.
-            prompts = [shapes.caption(*combo) for combo in combos]
+            prompts = [shapes.caption(*(w[a] for a in shapes.ATTRIBUTES), w.get("direction")) for w in combos]
             generator = [torch.Generator("cpu").manual_seed(seed + k * 1000 + i) for i in range(len(prompts))]
             images = []
             for start in range(0, len(prompts), 24):
                 images += pipe(prompts[start:start + 24], guidance_scale=guidance, num_inference_steps=steps,
                                generator=generator[start:start + 24]).images
-            for combo, image in zip(combos, images):
+            for wanted, image in zip(combos, images):
                 reading = shapes.judge(image)
-                wanted = dict(zip(shapes.ATTRIBUTES, combo))
-                for a in shapes.ATTRIBUTES:
-                    correct[a] += getattr(reading, a) == wanted[a]
-                all_four += shapes.matches(reading, wanted)
+                for a, value in wanted.items():  # a direction only where the caption names one
+                    correct[a] += getattr(reading, a) == value
+                    asked[a] += 1
+                all_right += shapes.matches(reading, wanted)
                 total += 1
-        results[str(guidance)] = {"all_four": all_four / total, "samples": total,
-                                  **{a: correct[a] / total for a in shapes.ATTRIBUTES}}
-        print(f"text-to-image, guidance {guidance}: all four right in {all_four}/{total} "
-              f"({100 * all_four / total:.1f}%); " + ", ".join(f"{a} {correct[a]}/{total}" for a in shapes.ATTRIBUTES))
+        # "all_four": every attribute the caption names (the direction too, in version 2)
+        results[str(guidance)] = {"all_four": all_right / total, "samples": total,
+                                  **{a: correct[a] / asked[a] for a in names}}
+        print(f"text-to-image, guidance {guidance}: every captioned attribute right in {all_right}/{total} "
+              f"({100 * all_right / total:.1f}%); " + ", ".join(f"{a} {correct[a]}/{asked[a]}" for a in names))
     return results
 
 
@@ -294,8 +317,8 @@ def main(argv=None) -> int:
     timings = {}
 
     start = time.perf_counter()
-    images, captions = render_dataset(args.num_images, args.seed)
-    held_out, _ = render_dataset(256 if not args.smoke else 8, args.seed + 1)
+    images, captions = render_dataset(args.num_images, args.seed, args.world)
+    held_out, _ = render_dataset(256 if not args.smoke else 8, args.seed + 1, args.world)
     timings["render_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -313,7 +336,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     tokenizer_dir = out / "tokenizer"
-    tokenizer = write_word_tokenizer(tokenizer_dir, shapes.WORDS)
+    tokenizer = write_word_tokenizer(tokenizer_dir, shapes.words(args.world))
     text_encoder = make_text_encoder(tokenizer).to(device)
     unet = make_unet(text_encoder.config.hidden_size).to(device)
     scheduler = sd_scheduler("epsilon")
@@ -331,7 +354,7 @@ def main(argv=None) -> int:
                                    unet=unet.cpu(), scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    write_word_tokenizer(tokenizer_dir, shapes.WORDS)  # keeps vocabulary.json beside the saved tokenizer
+    write_word_tokenizer(tokenizer_dir, shapes.words(args.world))  # keeps vocabulary.json beside the saved tokenizer
     report["size_mb"] = round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, 2)
     report["training_time_s"] = {k: round(v, 1) for k, v in timings.items()}
     report["training_time_total_min"] = round(sum(timings.values()) / 60, 1)
@@ -344,14 +367,15 @@ def evaluate_saved(out: Path, args, device) -> int:
     """Stage 3: the model as saved (fp16 weights, loaded back with from_pretrained), judged."""
     report = json.loads((out / "training_report.json").read_text())
     start = time.perf_counter()
-    held_out, _ = render_dataset(256 if not args.smoke else 8, args.seed + 1)
+    world = report["args"].get("world", 1)  # a model trained before version 2 existed is version 1
+    held_out, _ = render_dataset(256 if not args.smoke else 8, args.seed + 1, world)
     saved_vae = AutoencoderKL.from_pretrained(out, subfolder="vae", dtype=torch.float32).to(device)
     report["vae"]["heldout_psnr_db"] = vae_psnr(saved_vae, held_out, device)
     print(f"VAE reconstruction PSNR on {len(held_out)} held-out renders: {report['vae']['heldout_psnr_db']:.2f} dB")
     report["text_to_image"] = evaluate_text_to_image(out, args.eval_samples_per_caption, args.eval_guidance_scales,
-                                                     args.eval_steps, args.seed + 7, device)
+                                                     args.eval_steps, args.seed + 7, device, world)
     report["text_to_image_setup"] = {"sampler": "DDIM", "steps": args.eval_steps, "samples_per_caption":
-                                     args.eval_samples_per_caption, "captions": 72,
+                                     args.eval_samples_per_caption, "captions": len(world_captions(world)),
                                      "judge": "imagic_lora.shapes.judge (this version)"}
     report["eval_time_s"] = round(time.perf_counter() - start, 1)
     (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -147,3 +147,28 @@ def test_a_direction_is_judged_only_where_the_scene_has_one():
     assert circle.direction is None and shapes.judge(shapes.render(circle)).direction is None
     with pytest.raises(ValueError, match="only a triangle points"):
         circle.with_attribute("direction", "up")
+
+
+def test_the_training_data_of_version_2_shows_what_its_captions_say():
+    """The model learns a direction only if the render and the caption agree: judged on the training
+    script's own data set, every triangle points where its caption says."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "train_shapes_model", Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_model.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    images, captions = train.render_dataset(160, seed=11, world=2)
+    pointing = 0
+    for image, caption in zip(images, captions):
+        reading = shapes.judge(Image.fromarray(image.permute(1, 2, 0).numpy()))
+        words = caption.split()
+        assert caption.startswith(f"a {reading.size} {reading.color} {reading.shape}"), (caption, reading)
+        if "pointing" in words:
+            pointing += 1
+            assert reading.direction == words[words.index("pointing") + 1], (caption, reading.direction)
+        assert set(words) <= set(shapes.words(2))
+    assert pointing > 30  # about a third are triangles
+    combos = train.world_captions(2)
+    assert len(combos) == 144 and sum("direction" in c for c in combos) == 96
+    assert len(train.world_captions(1)) == 72
