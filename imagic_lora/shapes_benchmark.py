@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,21 +70,33 @@ class Case:
         return self.target.caption
 
 
-def make_cases(n: int, seed: int) -> list[Case]:
-    """n cases, the four attribute kinds in turn; each scene leaves room for a large object at its centre so that a size edit never has to move it."""
+def edit_kinds(world: int = 1) -> tuple[str, ...]:
+    """The kinds of edit, in the order the cases take them: the four attributes, and in version 2 a
+    triangle's direction (the edit that must move the outline)."""
+    return shapes.ATTRIBUTES if world == 1 else shapes.ATTRIBUTES_V2
+
+
+def make_cases(n: int, seed: int, world: int = 1) -> list[Case]:
+    """n cases, the kinds of edit in turn (:func:`edit_kinds`); each scene leaves room for a large object at
+    its centre so that a size edit never has to move it. Version 1's cases are what they always were for a
+    seed. In version 2 a direction case's scene is a triangle, and a shape edit that makes a triangle draws
+    the way it points."""
     rng = random.Random(seed)
+    kinds = edit_kinds(world)
     cases = []
     for i in range(n):
-        attribute = shapes.ATTRIBUTES[i % len(shapes.ATTRIBUTES)]
-        scene = shapes.random_scene(rng)
+        attribute = kinds[i % len(kinds)]
+        scene = shapes.random_scene(rng, world=world, **({"shape": "triangle"} if attribute == "direction" else {}))
         if attribute == "size":
             margin = shapes.SIZES["large"][1] / 2 + 1
-            scene = shapes.Scene(scene.shape, scene.color, scene.size, scene.background, scene.span,
-                                 rng.uniform(margin, 64 - margin), rng.uniform(margin, 64 - margin))
+            scene = dataclasses.replace(scene, cx=rng.uniform(margin, 64 - margin), cy=rng.uniform(margin, 64 - margin))
         choices = {"shape": shapes.SHAPES, "color": list(shapes.COLORS), "size": list(shapes.SIZES),
-                   "background": list(shapes.BACKGROUNDS)}[attribute]
+                   "background": list(shapes.BACKGROUNDS), "direction": shapes.DIRECTIONS}[attribute]
         value = rng.choice([v for v in choices if v != getattr(scene, attribute)])
-        cases.append(Case(i, attribute, scene, scene.with_attribute(attribute, value, rng), seed * 1000 + i))
+        target = scene.with_attribute(attribute, value, rng)
+        if world == 2 and target.shape == "triangle" and target.direction is None:
+            target = target.with_attribute("direction", rng.choice(shapes.DIRECTIONS))
+        cases.append(Case(i, attribute, scene, target, seed * 1000 + i))
     return cases
 
 
@@ -196,9 +209,11 @@ def merge_reused(results: list[dict], path: Path, args) -> dict:
     earlier = json.loads(path.read_text())
     meta = earlier["meta"]
     for key, value in (("num_seeds", args.num_seeds), ("etas", args.etas), ("strengths", args.strengths),
-                       ("edit_seed_offset", getattr(args, "edit_seed_offset", 0))):
-        if meta.get(key, 0) != value:  # runs from before the offset existed ran at 0
-            raise SystemExit(f"--reuse: {path} was run with {key} {meta.get(key, 0)}, this run with {value}")
+                       ("edit_seed_offset", getattr(args, "edit_seed_offset", 0)),
+                       ("world", getattr(args, "world", 1))):
+        then = meta.get(key, {"edit_seed_offset": 0, "world": 1}.get(key))  # runs from before these existed
+        if then != value:
+            raise SystemExit(f"--reuse: {path} was run with {key} {then}, this run with {value}")
     old = {r["case"]: r for r in earlier["cases"]}
     taken = set()
     for result in results:
@@ -265,11 +280,14 @@ def best_setting(method_summary: dict) -> tuple[str, dict]:
 
 
 def write_markdown(path: Path, summary: dict, meta: dict) -> None:
+    kinds = edit_kinds(meta.get("world", 1))
+    named = {"color": "colour"}
     lines = ["# Shapes-world edit benchmark", "",
-             f"{meta['num_cases']} seeded cases ({meta['num_cases'] // len(shapes.ATTRIBUTES)} each of shape, colour, "
-             f"size and background edits), {meta['num_seeds']} seeds per setting; inputs are 'photos' "
-             f"(gradient, blur, noise) the model never saw. Judge: `imagic_lora.shapes.judge`. *success*: all four "
-             f"target attributes read back; "
+             f"{meta['num_cases']} seeded cases of world version {meta.get('world', 1)} "
+             f"({meta['num_cases'] // len(kinds)} each of {', '.join(named.get(k, k) for k in kinds[:-1])} and "
+             f"{named.get(kinds[-1], kinds[-1])} edits), {meta['num_seeds']} seeds per setting; inputs are 'photos' "
+             f"(gradient, blur, noise) the model never saw. Judge: `imagic_lora.shapes.judge`. *success*: every "
+             f"target attribute read back; "
              f"*place*: bounding-box centre within {PLACE_TOLERANCE_PX:.0f} px of the input's; *both*: the two "
              f"together. Rates are over cases x seeds.", "",
              f"Command: `{meta['command']}`  ", *reused_lines(meta),
@@ -287,13 +305,13 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
     lines += goal_lines(summary, meta)
     if meta.get("notes"):
         lines += ["", meta["notes"].rstrip()]
-    lines += ["", "## Every setting", "", "| method | eta / strength | success | place kept | both | "
-              "both: shape | colour | size | background |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Every setting", "", "| method | eta / strength | success | place kept | both | both: "
+              + " | ".join(named.get(k, k) for k in kinds) + " |", "|---|---|---|---|---|" + "---|" * len(kinds)]
     for method, s in summary.items():
         for setting, v in s["settings"].items():
             att = s["by_attribute"][setting]
             lines.append(f"| {method} | {setting} | {v['success']:.0%} | {v['place']:.0%} | {v['both']:.0%} | "
-                         + " | ".join(f"{att.get(a, 0):.0%}" for a in shapes.ATTRIBUTES) + " |")
+                         + " | ".join(f"{att.get(a, 0):.0%}" for a in kinds) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -417,11 +435,24 @@ def write_examples(path: Path, cases: list[Case], model: str, flags: list[str], 
     sheet.save(path)
 
 
+def check_world(model: str, world: int) -> None:
+    """Refuse a model whose vocabulary cannot caption the world's cases (a version-1 model on version 2)."""
+    from .vocabulary import read_vocabulary
+    vocabulary = read_vocabulary(Path(model) / "tokenizer")
+    if vocabulary is not None and not set(shapes.words(world)) <= set(vocabulary):
+        missing = sorted(set(shapes.words(world)) - set(vocabulary))
+        raise SystemExit(f"--world {world}: the model {model} does not know {', '.join(missing)}; train one with "
+                         f"scripts/train_shapes_model.py --world {world} and pass it as --model")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(BUNDLED_MODEL), help="Base model (default: the bundled shapes model).")
     p.add_argument("--num_cases", type=int, default=60)
     p.add_argument("--seed", type=int, default=0, help="Seed of the cases.")
+    p.add_argument("--world", type=int, default=1, choices=shapes.WORLDS,
+                   help="The shapes world's version: 2 adds direction edits (a fifth of the cases) and needs a "
+                        "version-2 model (--model; scripts/train_shapes_model.py --world 2).")
     p.add_argument("--edit_seed_offset", type=int, default=0,
                    help="Added to each case's seed for the Imagic methods' own --seed (their draws in steps A, B, C "
                         "and the pick), on the same cases: how much of a difference the edit's randomness makes.")
@@ -461,7 +492,8 @@ def main(argv=None) -> int:
         name, _, flags = variant.partition("=")
         methods[name] = shlex.split(flags)
     baselines = [m for m in ("sdedit", "text2img") if m in args.methods]
-    cases = make_cases(args.num_cases, args.seed)
+    check_world(args.model, args.world)
+    cases = make_cases(args.num_cases, args.seed, args.world)
     chunks = [cases[i::args.workers] for i in range(args.workers)]
     start = time.perf_counter()
     if args.workers > 1:
@@ -475,7 +507,8 @@ def main(argv=None) -> int:
     reused = merge_reused(results, Path(args.reuse), args) if args.reuse else None
     summary = summarise(results)
     import diffusers
-    meta = {"num_cases": len(cases), "num_seeds": args.num_seeds, "edit_seed_offset": args.edit_seed_offset,
+    meta = {"num_cases": len(cases), "world": args.world, "num_seeds": args.num_seeds,
+            "edit_seed_offset": args.edit_seed_offset,
             "model": os.path.relpath(args.model, ROOT)
             if Path(args.model).is_absolute() else args.model,
             "command": portable_command(argv or sys.argv[1:]),

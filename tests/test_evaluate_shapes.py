@@ -23,6 +23,41 @@ def test_cases_change_one_attribute_each_kind_in_turn(bench):
     assert [c.target_prompt for c in bench.make_cases(8, seed=1)] != [c.target_prompt for c in cases]
 
 
+def test_version_1_cases_are_the_ones_every_reported_figure_was_measured_on(bench):
+    """The benchmark's 60 cases and the 24 tuning cases, as the landed code before version 2 drew them
+    (the digest of their captions, spans and centres, computed at ea9fa84)."""
+    import hashlib
+    cases = bench.make_cases(60, 0) + bench.make_cases(24, 1000)
+    rows = [(c.attribute, c.scene.caption, c.target.caption, round(c.scene.span, 9), round(c.scene.cx, 9),
+             round(c.scene.cy, 9), round(c.target.span, 9), round(c.target.cx, 9), round(c.target.cy, 9), c.seed)
+            for c in cases]
+    assert hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16] == "59fa8bf70c704260"
+
+
+def test_version_2_adds_a_fifth_kind_the_direction_of_a_triangle(bench):
+    cases = bench.make_cases(75, seed=0, world=2)
+    assert [c.attribute for c in cases] == ["shape", "color", "size", "background", "direction"] * 15
+    for case in cases:
+        before, after = case.scene.attributes(), case.target.attributes()
+        changed = [k for k in {*before, *after} if before.get(k) != after.get(k)]
+        if case.attribute == "shape":  # a triangle gains or loses its direction with its shape
+            assert set(changed) - {"direction"} == {"shape"}
+            assert (case.target.shape == "triangle") == (case.target.direction is not None)
+        else:
+            assert changed == [case.attribute], case
+        if case.attribute == "direction":
+            assert case.scene.shape == "triangle" and "pointing" in case.target_prompt
+            assert (case.scene.cx, case.scene.cy, case.scene.span) == (case.target.cx, case.target.cy,
+                                                                        case.target.span)
+    assert len({c.target.direction for c in cases if c.attribute == "direction"}) == 4
+
+
+def test_version_2_needs_a_model_that_knows_its_words(bench):
+    with pytest.raises(SystemExit, match="--world 2: .* does not know down, left, pointing, right, up"):
+        bench.check_world(str(bench.BUNDLED_MODEL), 2)
+    bench.check_world(str(bench.BUNDLED_MODEL), 1)
+
+
 def _run(cases, methods, etas=(0.0, 1.0)):
     results = [{"case": c.index, "attribute": c.attribute, "input": c.scene.caption, "target": c.target_prompt,
                 "methods": {m: {"records": [{"setting": e, "seed": 0, "success": True, "place": m == "a",
