@@ -15,8 +15,9 @@ edit that must move the outline. A scene's ``direction`` is None where its capti
 
 :func:`judge` reads shape, colour, size, background, a triangle's direction and the bounding-box
 centre back from any image, analytically: background from the border, the object as the pixels
-far from it, the shape from how its mask fills its bounding box: overall, in its emptiest half,
-and in the corners; a triangle points to its emptiest half.
+far from it, the shape from how its mask fills its bounding box: overall, in its top half (version 1,
+whose triangles stand upright) or its emptiest half (version 2), and in the corners; a triangle points
+to its emptiest half.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ def words(world: int = 1) -> list[str]:
     """Every word a caption of world version ``world`` can use (a model's closed vocabulary)."""
     return WORDS if world == 1 else sorted({*WORDS, "pointing", *DIRECTIONS})
 
-# Each shape's (box fill, share of its emptiest half, corner fill), measured on clean renders' masks; the
-# corners tell a rounded or blurred square from a circle (docs/shapes_model.md, "How the judge reads a
-# shape"). The emptiest half of an upright triangle is its top half (version 1 read the top half only).
+# Each shape's (box fill, share of its top half (version 1) or emptiest half (version 2), corner fill),
+# measured on clean renders' masks; the corners tell a rounded or blurred square from a circle
+# (docs/shapes_model.md, "How the judge reads a shape"). An upright triangle's emptiest half is its top.
 _PROTOTYPES = {"square": (1.0, 0.5, 1.0), "circle": (0.77, 0.5, 0.29), "triangle": (0.53, 0.265, 0.41)}
 # The emptiest half's share moves least under blur (a blurred triangle fills more of its box, but its
 # mass stays away from the apex): it counts four times in the squared distance.
@@ -82,6 +83,8 @@ class Scene:
         then needs one (``.with_attribute("direction", ...)``)."""
         if name == "direction" and self.shape != "triangle":
             raise ValueError(f"only a triangle points: the scene holds a {self.shape}")
+        if name == "direction" and value not in DIRECTIONS:
+            raise ValueError(f"a triangle points {', '.join(DIRECTIONS)}, not {value!r}")
         changed = replace(self, **{name: value})
         if name == "shape" and value != "triangle":
             changed = replace(changed, direction=None)
@@ -205,10 +208,11 @@ class Reading:
     cy: float
     span: float
     fill: float
-    top_share: float = 0.5  # the share of the object's mask in its emptiest half (the top for an upright triangle)
+    top_share: float = 0.5  # the share of the object's mask in its top half
     corners: float = 0.0
     found: bool = True
     direction: str | None = None  # where a triangle points (the side of its emptiest half); None for other shapes
+    least_share: float = 0.5  # the share of the mask in its emptiest half (of top, bottom, left, right)
 
     def attributes(self) -> dict[str, str | None]:
         return {a: getattr(self, a) for a in ATTRIBUTES}
@@ -241,8 +245,11 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == best if best else np.zeros_like(mask)
 
 
-def judge(image: Image.Image) -> Reading:
-    """Read the scene back from an RGB image of any size (it is resized to 64x64)."""
+def judge(image: Image.Image, world: int = 1) -> Reading:
+    """Read the scene back from an RGB image of any size (it is resized to 64x64), as a scene of world
+    version ``world``: in version 1 the shape is read from the top half's share, exactly as before
+    version 2 existed (a triangle on its side is not one of version 1's); in version 2 from the emptiest
+    half's, whichever way the triangle points."""
     if image.size != (RESOLUTION, RESOLUTION):
         image = image.resize((RESOLUTION, RESOLUTION), Image.Resampling.BILINEAR)
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
@@ -273,19 +280,19 @@ def judge(image: Image.Image) -> Reading:
     halves = {side: _half_share(box if side in ("up", "down") else box.T, side in ("up", "left"))
               for side in DIRECTIONS}
     apex = min(halves, key=halves.get)
-    top_share = halves[apex]
+    top_share = halves["up"]
     # Corners by soft coverage: a blurred corner pixel drops below one half but not to zero.
     soft = alpha[top:bottom + 1, left:right + 1]
     ch, cw = max(1, round(height / 4)), max(1, round(width / 4))
     corners = float(np.mean([soft[:ch, :cw].mean(), soft[:ch, -cw:].mean(), soft[-ch:, :cw].mean(),
                              soft[-ch:, -cw:].mean()]))
-    features = (fill, top_share, corners)
+    features = (fill, top_share if world == 1 else halves[apex], corners)
     shape = min(_PROTOTYPES, key=lambda name: sum(w * (a - b) ** 2 for w, a, b in
                                                   zip(_FEATURE_WEIGHTS, _PROTOTYPES[name], features)))
     span = float(max(width, height))
     size = "small" if span < _SIZE_SPLIT else "large"
     return Reading(shape, color, size, background, (left + right + 1) / 2, (top + bottom + 1) / 2, span, fill,
-                   top_share, corners, direction=apex if shape == "triangle" else None)
+                   top_share, corners, direction=apex if shape == "triangle" else None, least_share=halves[apex])
 
 
 def _half_share(box: np.ndarray, first: bool) -> float:
@@ -315,10 +322,11 @@ def _fit_border_plane(pixels: np.ndarray) -> np.ndarray:
 
 
 def matches(reading: Reading, attributes: dict[str, str]) -> bool:
-    """Every wanted attribute equals the one read: the four, and a version-2 triangle's direction when
+    """All four attributes equal the wanted ones, and a version-2 triangle's direction too when
     ``attributes`` names one (a version-2 scene's :meth:`Scene.attributes`)."""
-    return reading.found and all(getattr(reading, a) == wanted for a, wanted in attributes.items()
-                                 if a in ATTRIBUTES or (a == "direction" and wanted is not None))
+    direction = attributes.get("direction")
+    return (reading.found and all(getattr(reading, a) == attributes[a] for a in ATTRIBUTES)
+            and (direction is None or reading.direction == direction))
 
 
 def centre_distance(reading: Reading, cx: float, cy: float) -> float:

@@ -4,7 +4,8 @@
 
 Each case is a seeded "photo" of a scene (imagic_lora.shapes.render_photo: a lighting gradient,
 blur and noise, unlike the training renders) and a target caption that changes one attribute
-(shape, colour, size or background; the same number of each). Methods:
+(shape, colour, size or background; the same number of each; with ``--world 2`` also a triangle's
+direction, on a model trained on that version of the world). Methods:
 
 - imagic_lora: scripts/imagic_lora.py with its defaults (LoRA step B), run through the CLI's own
   main() per case, exactly as a user runs it;
@@ -13,8 +14,8 @@ blur and noise, unlike the training renders) and a target caption that changes o
 - sdedit: StableDiffusionImg2ImgPipeline on the target caption at several strengths;
 - text2img: StableDiffusionPipeline on the target caption (ignores the input).
 
-For each method and eta (or strength), over cases x seeds: edit success (the judge reads all four
-target attributes), place kept (bounding-box centre within 6 px of the input's), both, and the
+For each method and eta (or strength), over cases x seeds: edit success (the judge reads every
+target attribute), place kept (bounding-box centre within 6 px of the input's), both, and the
 wall time per case. Writes <output_dir>/shapes_benchmark.{md,json,png} and shapes_examples.png.
 ``--variant NAME='--flag value ...'`` adds Imagic variants (used to choose the defaults).
 """
@@ -64,6 +65,7 @@ class Case:
     scene: shapes.Scene
     target: shapes.Scene
     seed: int
+    world: int = 1  # the judge reads the case's images as scenes of this version
 
     @property
     def target_prompt(self) -> str:
@@ -96,16 +98,16 @@ def make_cases(n: int, seed: int, world: int = 1) -> list[Case]:
         target = scene.with_attribute(attribute, value, rng)
         if world == 2 and target.shape == "triangle" and target.direction is None:
             target = target.with_attribute("direction", rng.choice(shapes.DIRECTIONS))
-        cases.append(Case(i, attribute, scene, target, seed * 1000 + i))
+        cases.append(Case(i, attribute, scene, target, seed * 1000 + i, world))
     return cases
 
 
 def score(image: Image.Image, case: Case, input_centre: tuple[float, float]) -> dict:
-    reading = shapes.judge(image)
+    reading = shapes.judge(image, case.world)
     success = shapes.matches(reading, case.target.attributes())
     place = shapes.centre_distance(reading, *input_centre) <= PLACE_TOLERANCE_PX
-    return {"success": bool(success), "place": bool(place), "both": bool(success and place),
-            "read": reading.attributes()}
+    read = reading.attributes() if case.world == 1 else {**reading.attributes(), "direction": reading.direction}
+    return {"success": bool(success), "place": bool(place), "both": bool(success and place), "read": read}
 
 
 def run_imagic(cli, case: Case, input_path: Path, flags: list[str], etas: list[float], num_seeds: int,
@@ -149,7 +151,7 @@ def run_case(case: Case, methods: dict[str, list[str]], baselines: list[str], ar
     photo = render(case.scene, seed=case.seed)
     input_path = workdir / f"input{case.index}.png"
     photo.save(input_path)
-    input_reading = shapes.judge(photo)
+    input_reading = shapes.judge(photo, case.world)
     input_centre = (input_reading.cx, input_reading.cy)
     result = {"case": case.index, "attribute": case.attribute, "input": case.scene.caption,
               "target": case.target_prompt, "input_read_ok": shapes.matches(input_reading, case.scene.attributes()),
@@ -424,7 +426,7 @@ def write_examples(path: Path, cases: list[Case], model: str, flags: list[str], 
         for j, (title, image) in enumerate(tiles):
             draw.text((j * cell + 2, y), title, fill="black")
             sheet.paste(image.resize((cell, cell), Image.Resampling.NEAREST), (j * cell, y + label))
-        reading = shapes.judge(photo)
+        reading = shapes.judge(photo, case.world)
         verdicts = []
         for title, image in tiles[2:]:
             v = score(image, case, (reading.cx, reading.cy))

@@ -53,7 +53,7 @@ def load_case(folder: Path, etas: list[float] | None = None, num_seeds: int | No
 def target_of(prompt: str) -> dict:
     words = prompt.split()
     size, color, shape = words[1], words[2], words[3]
-    direction = words[5] if shape == "triangle" else None
+    direction = words[5] if shape == "triangle" and words[4] == "pointing" else None  # world version 2 only
     return {"shape": shape, "color": color, "size": size, "background": words[-2], "direction": direction}
 
 

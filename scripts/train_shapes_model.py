@@ -246,7 +246,6 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, noise_scheduler
 # Stage 3: evaluate the saved pipeline as a user loads it
 
 
-@torch.no_grad()
 def world_captions(world: int) -> list[dict]:
     """Every caption of the world as the attributes it names: 72 in version 1; 144 in version 2 (each
     triangle caption in its four directions)."""
@@ -264,6 +263,7 @@ def world_captions(world: int) -> list[dict]:
     return combos
 
 
+@torch.no_grad()
 def evaluate_text_to_image(model_dir: Path, samples_per_caption: int, guidance_scales: list[float], steps: int,
                            seed: int, device, world: int = 1) -> dict:
     pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None, dtype=torch.float32).to(device)
@@ -284,7 +284,7 @@ def evaluate_text_to_image(model_dir: Path, samples_per_caption: int, guidance_s
                 images += pipe(prompts[start:start + 24], guidance_scale=guidance, num_inference_steps=steps,
                                generator=generator[start:start + 24]).images
             for wanted, image in zip(combos, images):
-                reading = shapes.judge(image)
+                reading = shapes.judge(image, world)
                 for a, value in wanted.items():  # a direction only where the caption names one
                     correct[a] += getattr(reading, a) == value
                     asked[a] += 1

@@ -50,6 +50,7 @@ def test_version_2_adds_a_fifth_kind_the_direction_of_a_triangle(bench):
             assert (case.scene.cx, case.scene.cy, case.scene.span) == (case.target.cx, case.target.cy,
                                                                         case.target.span)
     assert len({c.target.direction for c in cases if c.attribute == "direction"}) == 4
+    assert {c.world for c in cases} == {2} and {c.world for c in bench.make_cases(5, seed=0)} == {1}
 
 
 def test_version_2_needs_a_model_that_knows_its_words(bench):
@@ -93,6 +94,8 @@ def test_reuse_refuses_other_cases_or_settings(bench, tmp_path):
     same_cases, _ = _run(bench.make_cases(4, seed=0), ["a"])
     with pytest.raises(SystemExit, match="etas"):
         bench.merge_reused(same_cases, earlier, Namespace(num_seeds=1, etas=[0.0, 0.8], strengths=[0.5]))
+    with pytest.raises(SystemExit, match="world 1, this run with 2"):
+        bench.merge_reused(same_cases, earlier, Namespace(num_seeds=1, etas=[0.0, 1.0], strengths=[0.5], world=2))
     with pytest.raises(SystemExit, match="edit_seed_offset"):  # the same cases, the edits drawn otherwise
         bench.merge_reused(same_cases, earlier, Namespace(num_seeds=1, etas=[0.0, 1.0], strengths=[0.5],
                                                           edit_seed_offset=500))

@@ -129,7 +129,7 @@ def test_judge_reads_a_triangles_direction_on_renders_photos_and_blur(render):
     wrong = []
     for i in range(120):
         scene = shapes.random_scene(rng, world=2, shape="triangle")
-        reading = shapes.judge(draw(scene, i))
+        reading = shapes.judge(draw(scene, i), world=2)
         if not shapes.matches(reading, scene.attributes()):
             wrong.append((scene, reading.attributes(), reading.direction))
     # The alternative renderer's small JPEG'd triangles are the hardest: 13 of 417 misread when measured.
@@ -139,10 +139,16 @@ def test_judge_reads_a_triangles_direction_on_renders_photos_and_blur(render):
 def test_a_direction_is_judged_only_where_the_scene_has_one():
     up = shapes.Scene("triangle", "red", "large", "white", 32.0, 32.0, 32.0, "up")
     left = up.with_attribute("direction", "left")
-    reading = shapes.judge(shapes.render(left))
+    reading = shapes.judge(shapes.render(left), world=2)
     assert reading.direction == "left" and not shapes.matches(reading, up.attributes())
     v1 = shapes.Scene("triangle", "red", "large", "white", 32.0, 32.0, 32.0)
     assert shapes.matches(shapes.judge(shapes.render(v1)), v1.attributes())  # version 1: not asked
+    # Version 1 has no triangle on its side: its judge reads one as it always did, not as its triangle.
+    assert shapes.judge(shapes.render(left)).shape != "triangle"
+    with pytest.raises(KeyError):  # every one of the four must be asked for
+        shapes.matches(reading, {"shape": "triangle", "colour": "red", "size": "large", "background": "white"})
+    with pytest.raises(ValueError, match="not 'sideways'"):
+        up.with_attribute("direction", "sideways")
     circle = left.with_attribute("shape", "circle")
     assert circle.direction is None and shapes.judge(shapes.render(circle)).direction is None
     with pytest.raises(ValueError, match="only a triangle points"):
@@ -161,7 +167,7 @@ def test_the_training_data_of_version_2_shows_what_its_captions_say():
     images, captions = train.render_dataset(160, seed=11, world=2)
     pointing = 0
     for image, caption in zip(images, captions):
-        reading = shapes.judge(Image.fromarray(image.permute(1, 2, 0).numpy()))
+        reading = shapes.judge(Image.fromarray(image.permute(1, 2, 0).numpy()), world=2)
         words = caption.split()
         assert caption.startswith(f"a {reading.size} {reading.color} {reading.shape}"), (caption, reading)
         if "pointing" in words:
