@@ -43,6 +43,12 @@ RESOLUTION = 64
 WORDS = sorted({"a", "on", "background", *SHAPES, *COLORS, *SIZES, *BACKGROUNDS})
 
 
+def attribute_names(world: int = 1) -> tuple[str, ...]:
+    """The attributes a scene of world version ``world`` can name: the four, and in version 2 a triangle's
+    direction (in that order: the benchmark's kinds of edit take it)."""
+    return ATTRIBUTES if world == 1 else ATTRIBUTES_V2
+
+
 def words(world: int = 1) -> list[str]:
     """Every word a caption of world version ``world`` can use (a model's closed vocabulary)."""
     return WORDS if world == 1 else sorted({*WORDS, "pointing", *DIRECTIONS})
@@ -212,7 +218,6 @@ class Reading:
     corners: float = 0.0
     found: bool = True
     direction: str | None = None  # where a triangle points (the side of its emptiest half); None for other shapes
-    least_share: float = 0.5  # the share of the mask in its emptiest half (of top, bottom, left, right)
 
     def attributes(self) -> dict[str, str | None]:
         return {a: getattr(self, a) for a in ATTRIBUTES}
@@ -292,7 +297,7 @@ def judge(image: Image.Image, world: int = 1) -> Reading:
     span = float(max(width, height))
     size = "small" if span < _SIZE_SPLIT else "large"
     return Reading(shape, color, size, background, (left + right + 1) / 2, (top + bottom + 1) / 2, span, fill,
-                   top_share, corners, direction=apex if shape == "triangle" else None, least_share=halves[apex])
+                   top_share, corners, direction=apex if shape == "triangle" else None)
 
 
 def _half_share(box: np.ndarray, first: bool) -> float:

@@ -23,6 +23,7 @@ wall time per case. Writes <output_dir>/shapes_benchmark.{md,json,png} and shape
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -31,7 +32,6 @@ import shutil
 import sys
 import tempfile
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,19 +72,13 @@ class Case:
         return self.target.caption
 
 
-def edit_kinds(world: int = 1) -> tuple[str, ...]:
-    """The kinds of edit, in the order the cases take them: the four attributes, and in version 2 a
-    triangle's direction (the edit that must move the outline)."""
-    return shapes.ATTRIBUTES if world == 1 else shapes.ATTRIBUTES_V2
-
-
 def make_cases(n: int, seed: int, world: int = 1) -> list[Case]:
-    """n cases, the kinds of edit in turn (:func:`edit_kinds`); each scene leaves room for a large object at
+    """n cases, the kinds of edit in turn (:func:`shapes.attribute_names`); each scene leaves room for a large object at
     its centre so that a size edit never has to move it. Version 1's cases are what they always were for a
     seed. In version 2 a direction case's scene is a triangle, and a shape edit that makes a triangle draws
     the way it points."""
     rng = random.Random(seed)
-    kinds = edit_kinds(world)
+    kinds = shapes.attribute_names(world)
     cases = []
     for i in range(n):
         attribute = kinds[i % len(kinds)]
@@ -282,7 +276,7 @@ def best_setting(method_summary: dict) -> tuple[str, dict]:
 
 
 def write_markdown(path: Path, summary: dict, meta: dict) -> None:
-    kinds = edit_kinds(meta.get("world", 1))
+    kinds = shapes.attribute_names(meta.get("world", 1))
     named = {"color": "colour"}
     lines = ["# Shapes-world edit benchmark", "",
              f"{meta['num_cases']} seeded cases of world version {meta.get('world', 1)} "

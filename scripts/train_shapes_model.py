@@ -270,7 +270,7 @@ def evaluate_text_to_image(model_dir: Path, samples_per_caption: int, guidance_s
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     combos = world_captions(world)
-    names = shapes.ATTRIBUTES_V2 if world == 2 else shapes.ATTRIBUTES
+    names = shapes.attribute_names(world)
     results = {}
     for guidance in guidance_scales:
         correct, asked = {a: 0 for a in names}, {a: 0 for a in names}
