@@ -175,6 +175,10 @@ def test_the_training_data_of_version_2_shows_what_its_captions_say():
             assert reading.direction == words[words.index("pointing") + 1], (caption, reading.direction)
         assert set(words) <= set(shapes.words(2))
     assert pointing > 30  # about a third are triangles
+    # Balanced captions: a triangle in two thirds of version 2's images; version 1's data unchanged by the flag.
+    _, balanced = train.render_dataset(600, seed=11, world=2, balance_captions=True)
+    assert 0.6 < sum("pointing" in c for c in balanced) / 600 < 0.73
+    assert train.render_dataset(50, seed=3, world=1, balance_captions=True)[1] == train.render_dataset(50, seed=3)[1]
     combos = train.world_captions(2)
     assert len(combos) == 144 and sum("direction" in c for c in combos) == 96
     assert len(train.world_captions(1)) == 72
