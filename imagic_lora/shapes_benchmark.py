@@ -96,6 +96,16 @@ def make_cases(n: int, seed: int, world: int = 1) -> list[Case]:
     return cases
 
 
+def select_kinds(cases: list[Case], kinds: list[str], world: int) -> list[Case]:
+    """The cases of the given kinds of edit, as they are in the full run (same index, scene and seed); a kind
+    the world does not have is refused, naming --kinds."""
+    unknown = sorted(set(kinds) - set(shapes.attribute_names(world)))
+    if unknown:
+        raise SystemExit(f"--kinds: world version {world} has no edit of kind {', '.join(unknown)} (its kinds: "
+                         f"{', '.join(shapes.attribute_names(world))})")
+    return [case for case in cases if case.attribute in kinds]
+
+
 def score(image: Image.Image, case: Case, input_centre: tuple[float, float]) -> dict:
     reading = shapes.judge(image, case.world)
     success = shapes.matches(reading, case.target.attributes())
@@ -449,6 +459,9 @@ def parse_args(argv=None):
     p.add_argument("--world", type=int, default=1, choices=shapes.WORLDS,
                    help="The shapes world's version: 2 adds direction edits (a fifth of the cases) and needs a "
                         "version-2 model (--model; scripts/train_shapes_model.py --world 2).")
+    p.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                   help="Only the cases of these kinds of edit (shape, color, size, background, direction): the same "
+                        "cases, by index, as the full run of --num_cases.")
     p.add_argument("--edit_seed_offset", type=int, default=0,
                    help="Added to each case's seed for the Imagic methods' own --seed (their draws in steps A, B, C "
                         "and the pick), on the same cases: how much of a difference the edit's randomness makes.")
@@ -490,6 +503,10 @@ def main(argv=None) -> int:
     baselines = [m for m in ("sdedit", "text2img") if m in args.methods]
     check_world(args.model, args.world)
     cases = make_cases(args.num_cases, args.seed, args.world)
+    if args.kinds:
+        if args.reuse:
+            raise SystemExit("--kinds with --reuse: an earlier run's rows are kept for all its cases; run the kinds alone")
+        cases = select_kinds(cases, args.kinds, args.world)
     chunks = [cases[i::args.workers] for i in range(args.workers)]
     start = time.perf_counter()
     if args.workers > 1:
@@ -503,7 +520,7 @@ def main(argv=None) -> int:
     reused = merge_reused(results, Path(args.reuse), args) if args.reuse else None
     summary = summarise(results)
     import diffusers
-    meta = {"num_cases": len(cases), "world": args.world, "num_seeds": args.num_seeds,
+    meta = {"num_cases": len(cases), "world": args.world, "kinds": args.kinds, "num_seeds": args.num_seeds,
             "edit_seed_offset": args.edit_seed_offset,
             "model": os.path.relpath(args.model, ROOT)
             if Path(args.model).is_absolute() else args.model,

@@ -59,6 +59,16 @@ def test_version_2_needs_a_model_that_knows_its_words(bench):
     bench.check_world(str(bench.BUNDLED_MODEL), 1)
 
 
+def test_kinds_keep_their_cases_as_in_the_full_run(bench):
+    cases = bench.make_cases(20, seed=1000, world=2)
+    direction = bench.select_kinds(cases, ["direction"], 2)
+    assert [c.index for c in direction] == [4, 9, 14, 19]
+    assert all(c.scene.shape == "triangle" and c.target.direction != c.scene.direction for c in direction)
+    assert [c.index for c in bench.select_kinds(cases, ["size", "color"], 2)] == [1, 2, 6, 7, 11, 12, 16, 17]
+    with pytest.raises(SystemExit, match="--kinds: world version 1 has no edit of kind direction"):
+        bench.select_kinds(bench.make_cases(4, seed=0), ["direction"], 1)
+
+
 def _run(cases, methods, etas=(0.0, 1.0)):
     results = [{"case": c.index, "attribute": c.attribute, "input": c.scene.caption, "target": c.target_prompt,
                 "methods": {m: {"records": [{"setting": e, "seed": 0, "success": True, "place": m == "a",
