@@ -57,9 +57,33 @@ def target_of(prompt: str) -> dict:
     return {"shape": shape, "color": color, "size": size, "background": words[-2], "direction": direction}
 
 
-def kind_of(input_reading, target: dict) -> str:
-    changed = [a for a in shapes.ATTRIBUTES if getattr(input_reading, a) != target[a]]
+def kind_of(input_reading, target: dict, world: int = 1) -> str:
+    """The kind of edit: the first attribute (in the benchmark's order) the target changes. A shape edit that
+    makes a triangle also names a direction, and counts as a shape edit."""
+    changed = [a for a in shapes.attribute_names(world) if getattr(input_reading, a) != target[a]]
     return changed[0] if changed else "none"
+
+
+def _others(case: dict, i: int, members: list[int]) -> list[int]:
+    """The members drawn with other seeds than candidate i's (the same seed at another eta shares i's noise, so
+    it agrees with i by construction)."""
+    seed = case["candidates"][i][1]
+    return [j for j in members if case["candidates"][j][1] != seed]
+
+
+def consensus(case: dict, distance: list[list[float]], members: list[int], input_distance: list[float] | None,
+              input_weight: float) -> int:
+    """The member that agrees most with the other edited candidates (the medoid: least mean distance to the
+    members of other seeds), the input counting ``input_weight`` members' worth when given."""
+    def cost(i: int) -> float:
+        others = _others(case, i, members)
+        total = sum(distance[i][j] for j in others)
+        weight = len(others)
+        if input_distance is not None and input_weight:
+            total += input_weight * input_distance[i]
+            weight += input_weight
+        return total / weight if weight else 0.0
+    return min(members, key=cost)
 
 
 def rules(case: dict, blur_place: float) -> dict[str, int]:
@@ -98,6 +122,20 @@ def rules(case: dict, blur_place: float) -> dict[str, int]:
         for lam in (0.5, 1.0, 2.0, 4.0):
             out[f"max share - {lam} x layout"] = out[f"max share - {lam} x structure"] = scores.index(best)
     out["max score"] = max(range(n), key=lambda i: scores[i])
+    # Consensus: of the edited candidates, the one the others agree with most. An edit that keeps the photo
+    # keeps it the same way in every seed; a moved or rotated-elsewhere object moves differently per seed.
+    for blur in (0.1, 0.2):
+        maps_all = torch.cat([pixels, reference])
+        distance = [pick.structure_distances(pixels, maps_all[i:i + 1], blur=blur).tolist() for i in range(n)]
+        to_input = pick.structure_distances(pixels, reference, blur=blur).tolist()
+        for fraction in (0.5, 0.7, 0.9):
+            if best > ref:
+                members = [i for i in range(n) if scores[i] >= ref + fraction * (best - ref)]
+            else:
+                members = list(range(n))
+            for w in (0.0, 1.0, 3.0):
+                out[f"consensus blur {blur} among {fraction} input x{w:g}"] = consensus(
+                    case, distance, members, to_input, w)
     return out
 
 
@@ -107,6 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--blur_place", type=float, default=0.2, help="Blur of the layout distance's edge maps.")
     parser.add_argument("--etas", type=float, nargs="+", default=None, help="Only the candidates at these etas.")
     parser.add_argument("--num_seeds", type=int, default=None, help="Only the candidates of the first seeds.")
+    parser.add_argument("--world", type=int, default=1, choices=shapes.WORLDS,
+                        help="The world version the run's cases are of (its judge; version 2 judges a direction).")
     args = parser.parse_args(argv)
     tally: dict[str, dict[str, list[bool]]] = {}
     for folder in args.folders:
@@ -114,12 +154,12 @@ def main(argv=None) -> int:
             case = load_case(case_dir, args.etas, args.num_seeds)
             if case is None:
                 continue
-            input_reading = shapes.judge(case["input"])
+            input_reading = shapes.judge(case["input"], args.world)
             target = target_of(case["prompt"])
-            kind = kind_of(input_reading, target)
+            kind = kind_of(input_reading, target, args.world)
             good = []
             for image in case["images"]:
-                reading = shapes.judge(image)
+                reading = shapes.judge(image, args.world)
                 good.append(shapes.matches(reading, target)
                             and shapes.centre_distance(reading, input_reading.cx, input_reading.cy) <= PLACE_PX)
             choices = rules(case, args.blur_place)
