@@ -286,12 +286,15 @@ def best_setting(method_summary: dict) -> tuple[str, dict]:
 
 
 def write_markdown(path: Path, summary: dict, meta: dict) -> None:
-    kinds = shapes.attribute_names(meta.get("world", 1))
+    # --kinds: only those kinds' cases ran; a kind that did not run shows "-", not 0%.
+    kinds = [k for k in shapes.attribute_names(meta.get("world", 1)) if k in (meta.get("kinds") or [k])]
     named = {"color": "colour"}
+    listed = (f"{', '.join(named.get(k, k) for k in kinds[:-1])} and " if len(kinds) > 1 else "") \
+        + named.get(kinds[-1], kinds[-1])
     lines = ["# Shapes-world edit benchmark", "",
              f"{meta['num_cases']} seeded cases of world version {meta.get('world', 1)} "
-             f"({meta['num_cases'] // len(kinds)} each of {', '.join(named.get(k, k) for k in kinds[:-1])} and "
-             f"{named.get(kinds[-1], kinds[-1])} edits), {meta['num_seeds']} seeds per setting; inputs are 'photos' "
+             f"({meta['num_cases'] // len(kinds)} each of {listed} edits), {meta['num_seeds']} seeds per setting; "
+             f"inputs are 'photos' "
              f"(gradient, blur, noise) the model never saw. Judge: `imagic_lora.shapes.judge`. *success*: every "
              f"target attribute read back; "
              f"*place*: bounding-box centre within {PLACE_TOLERANCE_PX:.0f} px of the input's; *both*: the two "

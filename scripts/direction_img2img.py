@@ -6,7 +6,8 @@
 For each direction case of the shapes benchmark's tuning cases (world version 2), run the CLI (steps A and B,
 the artifact), load the artifact into a stock pipeline and an img2img pipeline built from the same components,
 and draw 4 seeds at each img2img strength and eta. Strength 1.0 is the CLI's own step C (pure noise), so its
-rows equal the benchmark's single-image rows for the same cases and seeds. Prints, per (strength, eta), the
+rows match the benchmark's single-image rows for the same cases and seeds to within rounding (one image per
+call here, several there: on the 8 tuning cases every verdict was the same). Prints, per (strength, eta), the
 share of images turned to the target direction (every target attribute read), kept in place (bounding-box
 centre within 6 px) and both, and how many cases have a right image; writes them to <output_dir>/tally.json.
 Results: docs/shapes_benchmark.md ("Direction edits on the tuning cases").

@@ -125,8 +125,7 @@ def rules(case: dict, blur_place: float) -> dict[str, int]:
     # Consensus: of the edited candidates, the one the others agree with most. An edit that keeps the photo
     # keeps it the same way in every seed; a moved or rotated-elsewhere object moves differently per seed.
     for blur in (0.1, 0.2):
-        maps_all = torch.cat([pixels, reference])
-        distance = [pick.structure_distances(pixels, maps_all[i:i + 1], blur=blur).tolist() for i in range(n)]
+        distance = [pick.structure_distances(pixels, pixels[i:i + 1], blur=blur).tolist() for i in range(n)]
         to_input = pick.structure_distances(pixels, reference, blur=blur).tolist()
         for fraction in (0.5, 0.7, 0.9):
             if best > ref:
@@ -145,21 +144,25 @@ def main(argv=None) -> int:
     parser.add_argument("--blur_place", type=float, default=0.2, help="Blur of the layout distance's edge maps.")
     parser.add_argument("--etas", type=float, nargs="+", default=None, help="Only the candidates at these etas.")
     parser.add_argument("--num_seeds", type=int, default=None, help="Only the candidates of the first seeds.")
-    parser.add_argument("--world", type=int, default=1, choices=shapes.WORLDS,
-                        help="The world version the run's cases are of (its judge; version 2 judges a direction).")
+    parser.add_argument("--world", type=int, default=None, choices=shapes.WORLDS,
+                        help="The world version the run's cases are of (its judge; version 2 judges a direction). "
+                             "Default: 2 for a folder whose prompts name a direction, else 1.")
     args = parser.parse_args(argv)
     tally: dict[str, dict[str, list[bool]]] = {}
     for folder in args.folders:
-        for case_dir in sorted(Path(folder).glob("case*"), key=lambda p: int(p.name[4:])):
+        case_dirs = sorted(Path(folder).glob("case*"), key=lambda p: int(p.name[4:]))
+        world = args.world or (2 if any(" pointing " in json.loads((d / "imagic_config.json").read_text())
+                                        .get("target_prompt", "") for d in case_dirs) else 1)
+        for case_dir in case_dirs:
             case = load_case(case_dir, args.etas, args.num_seeds)
             if case is None:
                 continue
-            input_reading = shapes.judge(case["input"], args.world)
+            input_reading = shapes.judge(case["input"], world)
             target = target_of(case["prompt"])
-            kind = kind_of(input_reading, target, args.world)
+            kind = kind_of(input_reading, target, world)
             good = []
             for image in case["images"]:
-                reading = shapes.judge(image, args.world)
+                reading = shapes.judge(image, world)
                 good.append(shapes.matches(reading, target)
                             and shapes.centre_distance(reading, input_reading.cx, input_reading.cy) <= PLACE_PX)
             choices = rules(case, args.blur_place)

@@ -150,3 +150,14 @@ def test_report_shows_the_automatic_pick_beside_the_etas(bench, tmp_path):
     assert "| sdedit | 0.0 (its most success) | 0% |" in text  # sdedit's own 'auto' is not a strength
     bench.write_plot(tmp_path / "r.png", summary)
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_a_report_of_some_kinds_names_only_those(bench, tmp_path):
+    cases = bench.select_kinds(bench.make_cases(10, seed=1000, world=2), ["direction"], 2)
+    results, meta = _run(cases, ["imagic_lora"], etas=(0.0, 0.8))
+    meta.update(num_cases=len(cases), world=2, kinds=["direction"], device="CPU", torch="t", diffusers="d",
+                model="m", recommended_eta=0.8)
+    bench.write_markdown(tmp_path / "r.md", bench.summarise(results), meta)
+    text = (tmp_path / "r.md").read_text()
+    assert "2 seeded cases of world version 2 (2 each of direction edits)" in text
+    assert "| method | eta / strength | success | place kept | both | both: direction |" in text

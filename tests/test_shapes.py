@@ -176,8 +176,13 @@ def test_the_training_data_of_version_2_shows_what_its_captions_say():
         assert set(words) <= set(shapes.words(2))
     assert pointing > 30  # about a third are triangles
     # Balanced captions: a triangle in two thirds of version 2's images; version 1's data unchanged by the flag.
-    _, balanced = train.render_dataset(600, seed=11, world=2, balance_captions=True)
-    assert 0.6 < sum("pointing" in c for c in balanced) / 600 < 0.73
+    images, balanced = train.render_dataset(600, seed=11, world=2, balance_captions=True)
+    for phrase in ("circle", "square", *(f"pointing {d}" for d in shapes.DIRECTIONS)):  # a sixth each
+        assert 0.11 < sum(phrase in c for c in balanced) / 600 < 0.23, phrase
+    for image, caption in list(zip(images, balanced))[:120]:
+        reading = shapes.judge(Image.fromarray(image.permute(1, 2, 0).numpy()), world=2)
+        assert caption == shapes.caption(reading.shape, reading.color, reading.size, reading.background,
+                                         reading.direction), (caption, reading)
     assert train.render_dataset(50, seed=3, world=1, balance_captions=True)[1] == train.render_dataset(50, seed=3)[1]
     combos = train.world_captions(2)
     assert len(combos) == 144 and sum("direction" in c for c in combos) == 96
