@@ -128,10 +128,8 @@ def rules(case: dict, blur_place: float) -> dict[str, int]:
         distance = [pick.structure_distances(pixels, pixels[i:i + 1], blur=blur).tolist() for i in range(n)]
         to_input = pick.structure_distances(pixels, reference, blur=blur).tolist()
         for fraction in (0.5, 0.7, 0.9):
-            if best > ref:
-                members = [i for i in range(n) if scores[i] >= ref + fraction * (best - ref)]
-            else:
-                members = list(range(n))
+            edited = pick._edited(scores, [True] * n, ref, fraction) if best > ref else [True] * n
+            members = [i for i in range(n) if edited[i]]
             for w in (0.0, 1.0, 3.0):
                 out[f"consensus blur {blur} among {fraction} input x{w:g}"] = consensus(
                     case, distance, members, to_input, w)
