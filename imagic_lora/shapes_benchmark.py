@@ -46,15 +46,16 @@ ROOT = Path(__file__).resolve().parents[1]  # model paths are reported relative 
 
 PLACE_TOLERANCE_PX = 6.0
 AUTO = "auto"  # the setting name of the CLI's automatically picked edit (imagic_lora.pick)
-# The references are pinned to the schedule they were tuned with (step A 300 x 1e-2; full fine-tuning
-# 200 steps at 3e-5, its best of 1e-5 / 3e-5), whatever the CLI's defaults become, and draw one image
-# per pipeline call as they did when measured.
+# The references are pinned to the schedule they were tuned with (step A 300 x 1e-2 at 4 draws a step; full
+# fine-tuning 200 steps at 3e-5, its best of 1e-5 / 3e-5), whatever the CLI's defaults become, and draw one
+# image per pipeline call as they did when measured.
 IMAGIC_METHODS = {
     "imagic_lora": [],
     "imagic_full": ["--full_finetune", "--learning_rate", "3e-5", "--no-use_8bit_adam", "--emb_train_steps", "300",
-                    "--emb_learning_rate", "1e-2", "--max_train_steps", "200", "--sample_batch_size", "1"],
-    "imagic_no_b": ["--max_train_steps", "0", "--emb_train_steps", "300", "--emb_learning_rate", "1e-2",
+                    "--emb_learning_rate", "1e-2", "--max_train_steps", "200", "--train_batch_size", "4",
                     "--sample_batch_size", "1"],
+    "imagic_no_b": ["--max_train_steps", "0", "--emb_train_steps", "300", "--emb_learning_rate", "1e-2",
+                    "--train_batch_size", "4", "--sample_batch_size", "1"],
 }
 
 

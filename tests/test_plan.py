@@ -126,14 +126,28 @@ def test_the_sd15_plan_counts_the_work_the_issue_estimated(configs):
     assert forwards(now) <= forwards(plan) / 2, (now.work, plan.work)
 
 
+def test_the_bundled_edit_does_at_most_half_the_work_issue_25_started_from():
+    """The bundled model's default edit against the defaults issue 25 started from (b558d1c: A 300 x 4 draws,
+    B 200 x 4, 24 images of 25 steps, the pick at 16 noise levels), in UNet forward-equivalents."""
+    from imagic_lora.config import ImagicConfig
+    from imagic_lora.plan import Target, make_plan
+    then = ImagicConfig(emb_train_steps=300, train_batch_size=4, num_reconstruction_seeds=8, num_inference_steps=25,
+                        pick_timesteps=16).resolved()
+    now = ImagicConfig().resolved()
+    assert now.preset == then.preset == "shapes"
+    forwards = {name: sum(w["unet_forwards"] for w in make_plan(cfg, Target("cpu", "cpu"))[1].work.values())
+                for name, cfg in (("then", then), ("now", now))}
+    assert forwards["now"] <= forwards["then"] / 2, forwards
+
+
 def test_the_record_holds_the_work_done_as_counted(tiny_sd, input_png, tmp_path):
     assert run_inprocess(tiny_sd, input_png, tmp_path / "e") == 0
     record = json.loads((tmp_path / "e" / "imagic_config.json").read_text())
     work, plan = record["work"], record["plan"]
     # FAST: A 8 steps x 2 draws, B 8 x 2, C 5 images (2 seeds x 2 etas > 0, eta 0 for one seed) x 4 steps x 2
-    # (guided), the pick 4 candidates + the input at the shapes preset's 16 noise levels, each scored twice
+    # (guided), the pick 4 candidates + the input at the shapes preset's 8 noise levels, each scored twice
     assert work["A"]["unet_samples"] == 16 and work["B"]["unet_samples"] == 16
-    assert work["C"]["unet_samples"] == 5 * 4 * 2 and work["pick"]["unet_samples"] == 5 * 16 * 2
+    assert work["C"]["unet_samples"] == 5 * 4 * 2 and work["pick"]["unet_samples"] == 5 * 8 * 2
     for phase in ("A", "B", "C", "pick"):
         assert work[phase]["unet_forwards"] == pytest.approx(plan["estimated_work"][phase]["unet_forwards"], rel=0.02)
     assert plan["preset"] == "shapes" and record["preset"] == "shapes"
