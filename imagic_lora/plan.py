@@ -317,12 +317,15 @@ AUTOCAST_ACTIVATION_FACTOR = 1.5
 
 @dataclass
 class Target:
-    """The device the plan is for: its kind, name, free memory and bf16 support."""
+    """The device the plan is for: its kind, name, free memory and bf16 support; on the CPU, the threads each
+    process runs and the physical cores per process."""
 
     kind: str  # cuda, mps, cpu
     name: str
     free_bytes: int | None = None
     bf16: bool = False
+    threads: int | None = None
+    cores: int | None = None
 
     @classmethod
     def current(cls) -> "Target":
@@ -331,7 +334,9 @@ class Target:
             index = int(os.environ.get("LOCAL_RANK", "0"))
             free, _ = torch.cuda.mem_get_info(index)
             return cls("cuda", torch.cuda.get_device_name(index), free, torch.cuda.is_bf16_supported())
-        return cls("cpu", "cpu")
+        import psutil  # accelerate's own dependency
+        cores = (psutil.cpu_count(logical=False) or os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return cls("cpu", "cpu", threads=torch.get_num_threads(), cores=max(cores, 1))
 
 
 def make_plan(cfg, target: Target, accelerate_mixed_precision: str | None = None):
@@ -397,6 +402,11 @@ def make_plan(cfg, target: Target, accelerate_mixed_precision: str | None = None
                                f"{usable:.1f} GiB usable on {target.name}; change: {', '.join(levers)}")
     if target.kind != "cuda":
         notes.append(f"memory on the {target.kind.upper()} is not checked")
+    if target.threads is not None and target.cores is not None and target.threads < target.cores:
+        # `accelerate launch` with no config at all sets OMP_NUM_THREADS=1, GPU or not: twice the bundled edit's time
+        notes.append(f"torch runs {target.threads} thread(s) on {target.cores} CPU cores: for all of them, give "
+                     f"`accelerate launch` a CPU config (`accelerate config default`, or `--config_file "
+                     f"accelerate_configs/cpu.yaml`) or `--num_cpu_threads_per_process {target.cores}`")
     images = len(cfg.pairs)
     candidates = sum(1 for eta, _ in cfg.pairs if eta > 0) if cfg.pick_edit else 0
     work = estimate_work(costs, emb_steps=cfg.emb_train_steps, emb_batch=emb_batch, steps=cfg.max_train_steps,

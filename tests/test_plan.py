@@ -72,6 +72,23 @@ def test_the_shapes_dry_run_says_nothing_of_unmeasured_values(input_png, tmp_pat
     assert "imagic_lora: preset: shapes\n" in out and "not yet measured" not in out
 
 
+def test_a_cpu_run_on_fewer_threads_than_cores_says_how_to_use_them(monkeypatch):
+    """`accelerate launch` without a config runs one thread on a machine without a GPU (twice the wall time
+    of the bundled edit on 2 cores, docs/BENCHMARKS.md): the plan says so and names the fix."""
+    import torch
+
+    from imagic_lora.config import ImagicConfig
+    from imagic_lora.plan import Target, make_plan
+    cfg = ImagicConfig().resolved()
+    one = "\n".join(make_plan(cfg, Target("cpu", "cpu", threads=1, cores=2))[1].lines())
+    assert "torch runs 1 thread(s) on 2 CPU cores" in one and "accelerate_configs/cpu.yaml" in one
+    assert "thread" not in "\n".join(make_plan(cfg, Target("cpu", "cpu", threads=2, cores=2))[1].lines())
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes share the cores
+    if not torch.cuda.is_available():
+        here = Target.current()
+        assert here.threads == torch.get_num_threads() and here.cores >= 1
+
+
 def test_precision_follows_the_flag_then_the_accelerate_config_then_the_device():
     from imagic_lora.plan import decide_precision
     assert decide_precision("fp16", "bf16", "cuda", True) == "fp16"
