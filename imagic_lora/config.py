@@ -391,6 +391,9 @@ STEP_C_SETTINGS = frozenset({"etas", "num_seeds", "recommended_eta", "guidance_s
 RESUMABLE_DIFFERENCES = ARTIFACT_DIFFERENCES | STEP_C_SETTINGS
 #: Keys an imagic-lora 0.1 record (no "settings" entry) holds as resolved, not as given.
 LEGACY_RESOLVED = frozenset({"emb_train_batch_size", "mixed_precision", "resolution", "sample_batch_size"})
+# The shapes preset's values that changed after presets existed (issue 25 halved its schedule): a record without
+# one of these keys was made before presets, at these values.
+PRE_PRESET_VALUES = {"emb_train_steps": 300, "train_batch_size": 4, "num_inference_steps": 25, "pick_timesteps": 16}
 
 
 def _installed(package: str) -> bool:
@@ -406,8 +409,8 @@ def changed_settings(before: dict, now: dict) -> list[str]:
     """The flags whose values differ between two :meth:`ImagicConfig.settings` records, as ``--name``
     (``--input_image`` for another image). A setting ``before`` lacks had its default then, and an
     image hash it lacks is not compared (records from before hashes were kept)."""
-    # The shapes preset's values: what every setting was before presets existed.
-    defaults = ImagicConfig().resolved("shapes").settings(frozenset())
+    # What every setting was before presets existed: the shapes preset's values as they were then.
+    defaults = {**ImagicConfig().resolved("shapes").settings(frozenset()), **PRE_PRESET_VALUES}
     legacy = "settings" not in before and "format" in before  # a 0.1 artifact's record
     changed = []
     for key, value in now.items():
@@ -440,7 +443,7 @@ def check_text(text: str, flag: str) -> None:
 
 
 EXAMPLES = """examples:
-  # the bundled example photo and model (a minute on 2 CPU cores)
+  # the bundled example photo and model (about 30 s on 2 CPU cores)
   accelerate launch --config_file accelerate_configs/cpu.yaml scripts/imagic_lora.py
 
   # your photo on Stable Diffusion (the sd1 preset is chosen from the model)

@@ -317,8 +317,9 @@ AUTOCAST_ACTIVATION_FACTOR = 1.5
 
 @dataclass
 class Target:
-    """The device the plan is for: its kind, name, free memory and bf16 support; on the CPU, the threads each
-    process runs and the physical cores per process."""
+    """The device the plan is for: its kind, name, free memory and bf16 support. ``threads``, ``cores`` and
+    ``processes`` are set only on a CPU run under `accelerate launch` without its CPU setting (no config at
+    all: it then runs one thread per process): torch's threads, the physical cores per process, the processes."""
 
     kind: str  # cuda, mps, cpu
     name: str
@@ -326,6 +327,7 @@ class Target:
     bf16: bool = False
     threads: int | None = None
     cores: int | None = None
+    processes: int = 1
 
     @classmethod
     def current(cls) -> "Target":
@@ -334,9 +336,13 @@ class Target:
             index = int(os.environ.get("LOCAL_RANK", "0"))
             free, _ = torch.cuda.mem_get_info(index)
             return cls("cuda", torch.cuda.get_device_name(index), free, torch.cuda.is_bf16_supported())
+        if os.environ.get("ACCELERATE_USE_CPU") != "False":  # not launched, or launched with use_cpu / --cpu
+            return cls("cpu", "cpu")
         import psutil  # accelerate's own dependency
-        cores = (psutil.cpu_count(logical=False) or os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        return cls("cpu", "cpu", threads=torch.get_num_threads(), cores=max(cores, 1))
+        physical = psutil.cpu_count(logical=False)  # None where it cannot tell: no note then
+        processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+        return cls("cpu", "cpu", threads=torch.get_num_threads(),
+                   cores=max(physical // processes, 1) if physical else None, processes=processes)
 
 
 def make_plan(cfg, target: Target, accelerate_mixed_precision: str | None = None):
@@ -403,10 +409,14 @@ def make_plan(cfg, target: Target, accelerate_mixed_precision: str | None = None
     if target.kind != "cuda":
         notes.append(f"memory on the {target.kind.upper()} is not checked")
     if target.threads is not None and target.cores is not None and target.threads < target.cores:
-        # `accelerate launch` with no config at all sets OMP_NUM_THREADS=1, GPU or not: twice the bundled edit's time
+        # `accelerate launch` with no config at all sets OMP_NUM_THREADS=1, GPU or not: the bundled edit took
+        # 1.6x as long on 1 thread as on 2 cores (docs/BENCHMARKS.md)
+        fix = f"`--num_cpu_threads_per_process {target.cores}`"
+        if target.processes == 1:
+            fix = (f"a CPU config (`accelerate config default`, or `--config_file accelerate_configs/cpu.yaml`) "
+                   f"or {fix}")
         notes.append(f"torch runs {target.threads} thread(s) on {target.cores} CPU cores: for all of them, give "
-                     f"`accelerate launch` a CPU config (`accelerate config default`, or `--config_file "
-                     f"accelerate_configs/cpu.yaml`) or `--num_cpu_threads_per_process {target.cores}`")
+                     f"`accelerate launch` {fix}")
     images = len(cfg.pairs)
     candidates = sum(1 for eta, _ in cfg.pairs if eta > 0) if cfg.pick_edit else 0
     work = estimate_work(costs, emb_steps=cfg.emb_train_steps, emb_batch=emb_batch, steps=cfg.max_train_steps,

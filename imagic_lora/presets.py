@@ -33,15 +33,15 @@ class Preset:
 
 SHAPES = Preset(
     "shapes", "the bundled shapes-world model (and the project's other small closed-vocabulary models)",
-    # Half the UNet work of the schedule first tuned (A 300 x 4 draws, C 25 steps, the pick at 16 levels) for
-    # the same benchmark rate over two draws of the edit's seeds (docs/BENCHMARKS.md, issue 25).
+    # Half the UNet work of the schedule first tuned (A 300 x 4 draws, C 25 steps, the pick at 16 levels); its
+    # benchmark rate over two draws of the edit's seeds within a point of that schedule's (docs/BENCHMARKS.md).
     dict(emb_train_steps=240, emb_learning_rate=1e-2, max_train_steps=200, learning_rate=1e-3,
          train_batch_size=2, rank=8, lora_target_modules="attn_ff_conv", max_grad_norm=0.0,
          etas=[0.0, 0.8, 1.0], num_seeds=8, recommended_eta=0.8, guidance_scale=3.0, num_inference_steps=20,
          scheduler="ddim", lora_budget=1.0, pick_timesteps=8),
     measured=True,
-    sources={"*": "tuned on the shapes benchmark (docs/shapes_benchmark.md); the step counts halved for the same "
-                  "rate (docs/BENCHMARKS.md)"})
+    sources={"*": "tuned on the shapes benchmark (docs/shapes_benchmark.md); the step counts halved, the rate "
+                  "held over two draws (docs/BENCHMARKS.md)"})
 
 # Stable Diffusion 1.x at 512 px. Every value a starting point from published practice (docs/presets.md).
 _SD = dict(
@@ -70,8 +70,8 @@ _SD_SOURCES = {
     "scheduler": "DPM-Solver++ in 25 steps, diffusers' fast sampler (the community pipeline: DDIM 50)",
     "lora_budget": "a guess, to make the artifact small (SD 1.5 about 4 MB, SDXL about 12 MB); on the shapes model "
                    "a quarter of the parameters keeps only 74% of the weight update's energy and its picked edit was "
-                   "right in 83% of the benchmark's cases against 85% (docs/BENCHMARKS.md), so the shapes preset "
-                   "keeps all of it",
+                   "right in 83% of the benchmark's cases against 85% at the full schedule (docs/BENCHMARKS.md), so "
+                   "the shapes preset keeps all of it",
     "pick_timesteps": "the pick's calibration on the shapes model (16 noise levels), kept until measured on SD "
                       "weights",
 }

@@ -46,17 +46,19 @@ ROOT = Path(__file__).resolve().parents[1]  # model paths are reported relative 
 
 PLACE_TOLERANCE_PX = 6.0
 AUTO = "auto"  # the setting name of the CLI's automatically picked edit (imagic_lora.pick)
-# The references are pinned to the schedule they were tuned with (step A 300 x 1e-2 at 4 draws a step; full
-# fine-tuning 200 steps at 3e-5, its best of 1e-5 / 3e-5), whatever the CLI's defaults become, and draw one
-# image per pipeline call as they did when measured.
+# The references are pinned to the schedule they were measured with (step A 300 x 1e-2 at 4 draws a step, 25
+# DDIM steps, the pick at 16 noise levels; full fine-tuning 200 steps at 3e-5, its best of 1e-5 / 3e-5),
+# whatever the CLI's defaults become, and draw one image per pipeline call as they did when measured.
+_FULL_SCHEDULE = ["--emb_train_steps", "300", "--emb_learning_rate", "1e-2", "--train_batch_size", "4",
+                  "--num_inference_steps", "25", "--pick_timesteps", "16", "--sample_batch_size", "1"]
 IMAGIC_METHODS = {
     "imagic_lora": [],
-    "imagic_full": ["--full_finetune", "--learning_rate", "3e-5", "--no-use_8bit_adam", "--emb_train_steps", "300",
-                    "--emb_learning_rate", "1e-2", "--max_train_steps", "200", "--train_batch_size", "4",
-                    "--sample_batch_size", "1"],
-    "imagic_no_b": ["--max_train_steps", "0", "--emb_train_steps", "300", "--emb_learning_rate", "1e-2",
-                    "--train_batch_size", "4", "--sample_batch_size", "1"],
+    "imagic_full": ["--full_finetune", "--learning_rate", "3e-5", "--no-use_8bit_adam", "--max_train_steps", "200",
+                    *_FULL_SCHEDULE],
+    "imagic_no_b": ["--max_train_steps", "0", *_FULL_SCHEDULE],
 }
+#: The baselines' (SDEdit's, text-to-image's) DDIM steps, as measured.
+BASELINE_STEPS = 25
 
 
 @dataclass
@@ -473,7 +475,7 @@ def parse_args(argv=None):
     p.add_argument("--strengths", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     p.add_argument("--num_seeds", type=int, default=2)
     p.add_argument("--guidance_scale", type=float, default=None, help="Baselines' guidance (default: the CLI's).")
-    p.add_argument("--num_inference_steps", type=int, default=None, help="Baselines' steps (default: the CLI's).")
+    p.add_argument("--num_inference_steps", type=int, default=BASELINE_STEPS, help="Baselines' DDIM steps.")
     p.add_argument("--methods", nargs="+", default=[*IMAGIC_METHODS, "sdedit", "text2img"])
     p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                    help="An extra Imagic method: a name and the CLI flags it adds.")
@@ -499,7 +501,6 @@ def main(argv=None) -> int:
     from imagic_lora.config import ImagicConfig
     defaults = ImagicConfig().resolved("shapes")  # the bundled model's preset: what the CLI runs on it
     args.guidance_scale = args.guidance_scale if args.guidance_scale is not None else defaults.guidance_scale
-    args.num_inference_steps = args.num_inference_steps or defaults.num_inference_steps
     methods = {name: flags for name, flags in IMAGIC_METHODS.items() if name in args.methods}
     for variant in args.variant:
         name, _, flags = variant.partition("=")

@@ -114,6 +114,18 @@ def test_main_gives_back_the_signal_handlers_it_took(tiny_sd, input_png, tmp_pat
     assert handlers() == before
 
 
+def test_a_record_from_before_presets_is_compared_at_the_values_of_then():
+    """A record without pick_timesteps was made before presets, at 16 noise levels and the full schedule, not at
+    the shapes preset's halved one: redoing it with today's defaults is a change, with those of then it is not."""
+    from imagic_lora.config import PRE_PRESET_VALUES, ImagicConfig, changed_settings
+
+    now = ImagicConfig().resolved("shapes").settings(frozenset())
+    old = {k: v for k, v in now.items() if k not in PRE_PRESET_VALUES}
+    assert changed_settings(old, now) == sorted(f"--{k}" for k in PRE_PRESET_VALUES)
+    then = ImagicConfig(**PRE_PRESET_VALUES).resolved("shapes").settings(frozenset())
+    assert changed_settings(old, then) == []
+
+
 def test_a_checkpoint_from_before_a_new_flag_resumes_at_that_flags_default(tmp_path):
     """run.json written before --timestep_bias_* existed: resuming with their defaults is allowed, with a bias not."""
     import json
