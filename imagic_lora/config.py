@@ -165,6 +165,16 @@ class ImagicConfig:
         None, "TF32 matmuls on Ampere and newer GPUs (faster, tiny precision loss); on by default on a GPU.", "memory")
     enable_vae_tiling: bool = _field(
         False, "Encode and decode with VAE tiling and slicing (less memory at 1024 px, e.g. SDXL).", "memory")
+    torch_compile: str | None = _field(
+        None, "torch.compile the UNet for steps A, B, C and the pick, in this mode (reduce-overhead adds CUDA "
+        "graphs); the first steps of each phase pay the compilation. Off when not given.", "memory",
+        choices=(None, "default", "reduce-overhead", "max-autotune"))
+    channels_last: bool = _field(
+        False, "Keep the UNet's weights and activations in channels-last memory format (faster convolutions "
+        "on tensor cores).", "memory")
+    cudnn_benchmark: bool = _field(
+        False, "Let cuDNN time its convolution algorithms for each new shape and keep the fastest (every shape "
+        "in an edit is fixed).", "memory")
     # --- C: generation -----------------------------------------------------------------
     etas: list[float] | None = _field(
         None, "Interpolation weights eta of the target embedding (0 = the input back; >1 extrapolates).", "C",
@@ -376,7 +386,8 @@ class ImagicConfig:
 #: Memory and speed levers that change an edit's numbers by rounding at most: neither a resume nor a
 #: manifest's rerun is refused for them (an out-of-memory message suggests them).
 ROUNDING_ONLY = frozenset({"gradient_checkpointing", "enable_xformers_memory_efficient_attention", "allow_tf32",
-                           "enable_vae_tiling", "sample_batch_size"})
+                           "enable_vae_tiling", "sample_batch_size", "torch_compile", "channels_last",
+                           "cudnn_benchmark"})
 #: Settings that do not change a finished artifact: a manifest's rerun skips a finished job despite them
 #: (output_dir and input_image: the folder is the same one, the image is compared by content; preset: its
 #: values are compared, not its name).

@@ -133,16 +133,22 @@ def freeze(pipe, vae_dtype: torch.dtype | None = None):
 
 
 def prepare_unet(pipe, device, *, xformers: bool = False, gradient_checkpointing: bool = False,
-                 vae_tiling: bool = False) -> None:
-    """The UNet on the accelerator with the memory levers asked for; the rest stays on the CPU
-    until an edit needs it."""
+                 vae_tiling: bool = False, channels_last: bool = False, compile_mode: str | None = None) -> None:
+    """The UNet on the accelerator with the memory and speed levers asked for; the rest stays on the CPU
+    until an edit needs it. ``compile_mode``: torch.compile the UNet in place (``nn.Module.compile``, so
+    peft's adapters, ``fuse_lora`` and ``disable_adapters`` act on the same module; a new adapter or batch
+    shape recompiles)."""
     pipe.unet.to(device)
+    if channels_last:  # LoRA weights added later are small 1x1 convolutions and linear layers: left as made
+        pipe.unet.to(memory_format=torch.channels_last)
     set_attention(pipe.unet, xformers)
     if gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     if vae_tiling:  # encode and decode large images in tiles, one image at a time
         pipe.vae.enable_tiling()
         pipe.vae.enable_slicing()
+    if compile_mode is not None:
+        pipe.unet.compile(mode=compile_mode)
 
 
 def training_noise_scheduler(pipe) -> DDPMScheduler:

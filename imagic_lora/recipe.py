@@ -79,6 +79,8 @@ class ImagicRecipe:
         if cfg.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        if cfg.cudnn_benchmark and torch.cuda.is_available():
+            torch.backends.cudnn.benchmark = True
         # Frozen weights in the reduced dtype; trainable tensors and losses stay fp32.
         self.weight_dtype = weight_dtype_for(self.accelerator.mixed_precision)
         self.timings: dict[str, float] = {}
@@ -87,7 +89,8 @@ class ImagicRecipe:
                                               variant=cfg.variant, weight_dtype=self.weight_dtype,
                                               vae_model_name_or_path=cfg.pretrained_vae_model_name_or_path)
             prepare_unet(self.pipe, self.accelerator.device, xformers=cfg.enable_xformers_memory_efficient_attention,
-                         gradient_checkpointing=bool(cfg.gradient_checkpointing), vae_tiling=cfg.enable_vae_tiling)
+                         gradient_checkpointing=bool(cfg.gradient_checkpointing), vae_tiling=cfg.enable_vae_tiling,
+                         channels_last=cfg.channels_last, compile_mode=cfg.torch_compile)
         check_with_model(cfg, self.pipe)
         self.noise_scheduler = training_noise_scheduler(self.pipe)
         # A full fine-tune changes the base weights: a copy restores them between edits.

@@ -3,7 +3,9 @@ Its numbers are not speed claims; GPU figures live in docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import shlex
 import subprocess
 import sys
 
@@ -32,3 +34,20 @@ def test_tiny_benchmark_reports_phases_and_ratios(tmp_path):
     assert runs["defaults"]["schedule"] == {k: SHAPES.values[k] for k in ("emb_train_steps", "max_train_steps")}
     table = out.with_suffix(".md").read_text()
     assert "| sd15 | recommended |" in table and "x less" in table and "smoke test" in table
+
+
+
+def test_the_gpu_check_asks_only_for_variants_and_models_that_exist():
+    """scripts/gpu_check.sh runs where no CI does: its benchmark calls must name what benchmark.py offers, the
+    speed levers included."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from benchmark import MODELS, VARIANTS
+    script = (ROOT / "scripts" / "gpu_check.sh").read_text().replace("\\\n", " ")
+    calls = [shlex.split(line) for line in script.splitlines() if "scripts/benchmark.py" in line]
+    asked = {"--variants": set(), "--models": set()}
+    for words in calls:
+        for flag in asked:
+            start = words.index(flag) + 1
+            asked[flag] |= set(itertools.takewhile(lambda w: not w.startswith("-"), words[start:]))
+    assert len(calls) == 2 and asked["--models"] <= set(MODELS) and asked["--variants"] <= set(VARIANTS)
+    assert {"defaults", "paper_full", "compiled", "cuda_graphs"} <= asked["--variants"]

@@ -93,3 +93,17 @@ def test_fused_lora_on_the_gpu_keeps_its_copy_there_and_restores_bit_for_bit(tin
         assert any(not torch.equal(p, weights[n]) for n, p in pipe.unet.named_parameters())
     assert kept and kept[0].type == "cuda"  # a tiny UNet's copy fits on any card
     assert all(torch.equal(p, weights[n]) for n, p in pipe.unet.named_parameters())
+
+
+def test_the_gpu_speed_levers_give_the_same_edit(tiny_sd, input_png, tmp_path):
+    """torch.compile (with CUDA graphs), channels-last and cuDNN's benchmark mode change the edit by rounding
+    only: the same losses to bf16's precision and a finite image, every phase compiled."""
+    assert edit(tiny_sd, input_png, tmp_path / "plain", "--mixed_precision", "bf16") == 0
+    assert edit(tiny_sd, input_png, tmp_path / "fast", "--mixed_precision", "bf16", "--torch_compile",
+                "reduce-overhead", "--channels_last", "--cudnn_benchmark") == 0
+    plain, fast = (json.loads((tmp_path / k / "imagic_config.json").read_text()) for k in ("plain", "fast"))
+    assert fast["torch_compile"] == "reduce-overhead" and fast["channels_last"] and fast["cudnn_benchmark"]
+    for phase in ("loss_A", "loss_B"):
+        assert fast[phase]["last"] == pytest.approx(plain[phase]["last"], rel=0.1, abs=1e-3)
+    image = np.asarray(Image.open(tmp_path / "fast" / "images" / "edit.png"))
+    assert image.std() > 0
