@@ -14,7 +14,8 @@ seed: 16 candidates at the defaults, as many as the CLI's own pool).
 
 Prints, per kind and (strength, eta), the share of images edited (every target attribute read), kept in place
 (bounding-box centre within 6 px) and both, and how many cases have a right image; per kind and strength, how
-often the pick is right. Writes them to <output_dir>/tally.json.
+often the CLI's pick, the best text score alone and a person (the judge) choose a right image. Writes them to
+<output_dir>/tally.json.
 Results: docs/shapes_benchmark.md ("Direction edits on the tuning cases").
 """
 
@@ -23,13 +24,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline  # noqa: E402
+from diffusers import (DDIMScheduler, DDPMScheduler, StableDiffusionImg2ImgPipeline,  # noqa: E402
+                       StableDiffusionPipeline)
 
 from imagic_lora import cli, pick, shapes  # noqa: E402
 from imagic_lora import shapes_benchmark as bench  # noqa: E402
@@ -48,6 +51,9 @@ def main(argv=None) -> int:
     p.add_argument("--strengths", type=float, nargs="+", default=[1.0, 0.9, 0.8])
     p.add_argument("--etas", type=float, nargs="+", default=[0.8, 1.0, 1.2, 1.4])
     p.add_argument("--num_seeds", type=int, default=4)
+    p.add_argument("--cli_args", default="",
+                   help="More flags for the CLI's run, e.g. the full schedule of before issue 25: "
+                        "'--train_batch_size 4 --emb_train_steps 300 --num_inference_steps 25 --pick_timesteps 16'.")
     p.add_argument("--output_dir", required=True)
     args = p.parse_args(argv)
     bench.check_world(args.model, 2)
@@ -66,7 +72,7 @@ def main(argv=None) -> int:
         if cli.main(["--input_image", str(out / f"input{case.index}.png"), "--target_prompt", case.target_prompt,
                      "--output_dir", str(run), "--overwrite", "--pretrained_model_name_or_path", args.model,
                      "--max_train_steps", str(args.max_train_steps), "--etas", "0", "1.0", "--num_seeds", "1",
-                     "--seed", str(case.seed)]) != 0:
+                     "--seed", str(case.seed), *shlex.split(args.cli_args)]) != 0:
             raise SystemExit(f"the CLI failed on case {case.index}")
         edit = read_edit(run)
         record = edit.config
@@ -99,7 +105,9 @@ def main(argv=None) -> int:
                                        num_timesteps=record["pick_timesteps"],
                                        keep_fraction=record["pick_keep_fraction"],
                                        place_distance=record["pick_place_distance"])
-            pick_tally.setdefault(f"{case.attribute} {strength}", []).append([case.index, verdicts[chosen.index]])
+            best = max(range(len(pool)), key=lambda i: chosen.text_scores[i])
+            pick_tally.setdefault(f"{case.attribute} {strength}", []).append(
+                [case.index, verdicts[chosen.index], verdicts[best], any(verdicts)])
     (out / "tally.json").write_text(json.dumps({"images": images_tally, "pick": pick_tally}, indent=0) + "\n")
     print("kind strength eta: edited, in place, both (share of images); cases with a right image")
     for key, rows in images_tally.items():
@@ -107,14 +115,12 @@ def main(argv=None) -> int:
         right = {c for c, edited, place in rows if edited and place}
         print(f"{key:>22}: {sum(r[1] for r in rows) / n:4.0%} {sum(r[2] for r in rows) / n:4.0%} "
               f"{sum(r[1] and r[2] for r in rows) / n:4.0%}  {len(right)}/{len({r[0] for r in rows})}")
-    print("kind strength: the pick right (cases)")
+    print("kind strength: cases right by the CLI's pick / by the best text score alone / by a person (the judge)")
     for strength in args.strengths:
         rows = [r for key, v in pick_tally.items() if key.endswith(f" {strength}") for r in v]
-        for key, v in pick_tally.items():
+        for key, v in list(pick_tally.items()) + [(f"all {strength}", rows)]:
             if key.endswith(f" {strength}"):
-                print(f"{key:>22}: {sum(r[1] for r in v)}/{len(v)}")
-        print(f"{'all ' + str(strength):>22}: {sum(r[1] for r in rows)}/{len(rows)} "
-              f"({sum(r[1] for r in rows) / len(rows):.0%})")
+                print(f"{key:>22}: " + " / ".join(f"{sum(r[k] for r in v)}" for k in (1, 2, 3)) + f" of {len(v)}")
     return 0
 
 
