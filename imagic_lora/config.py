@@ -166,15 +166,15 @@ class ImagicConfig:
     enable_vae_tiling: bool = _field(
         False, "Encode and decode with VAE tiling and slicing (less memory at 1024 px, e.g. SDXL).", "memory")
     torch_compile: str | None = _field(
-        None, "torch.compile the UNet for steps A, B, C and the pick, in this mode (reduce-overhead adds CUDA "
-        "graphs); the first steps of each phase pay the compilation. Off when not given.", "memory",
-        choices=(None, "default", "reduce-overhead", "max-autotune"))
+        None, "torch.compile the UNet for steps A, B, C and the pick, in this mode (reduce-overhead and "
+        "max-autotune add CUDA graphs); the first steps of each phase pay the compilation. Off when not given.",
+        "memory", choices=(None, "default", "reduce-overhead", "max-autotune"))
     channels_last: bool = _field(
-        False, "Keep the UNet's weights and activations in channels-last memory format (faster convolutions "
-        "on tensor cores).", "memory")
+        False, "Convert the UNet's weights to channels-last memory format, which its convolutions' activations "
+        "follow (faster convolutions on tensor cores).", "memory")
     cudnn_benchmark: bool = _field(
-        False, "Let cuDNN time its convolution algorithms for each new shape and keep the fastest (every shape "
-        "in an edit is fixed).", "memory")
+        False, "Let cuDNN time its convolution algorithms for each new input shape and keep the fastest (an "
+        "edit has few shapes: each phase's batch, and a shorter last batch).", "memory")
     # --- C: generation -----------------------------------------------------------------
     etas: list[float] | None = _field(
         None, "Interpolation weights eta of the target embedding (0 = the input back; >1 extrapolates).", "C",

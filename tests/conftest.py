@@ -56,3 +56,16 @@ def fresh_accelerator_state():
     yield
     AcceleratorState._reset_state(True)
     PartialState._reset_state()
+
+
+@pytest.fixture
+def strict_compile(monkeypatch):
+    """torch.compile that cannot fall back to eager unseen: hitting dynamo's recompile limit raises, and the
+    test asserts that graphs were compiled. Yields dynamo's counters."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    yield counters
+    assert counters["stats"]["unique_graphs"] > 0
+    torch._dynamo.reset()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -49,5 +50,10 @@ def test_the_gpu_check_asks_only_for_variants_and_models_that_exist():
         for flag in asked:
             start = words.index(flag) + 1
             asked[flag] |= set(itertools.takewhile(lambda w: not w.startswith("-"), words[start:]))
-    assert len(calls) == 2 and asked["--models"] <= set(MODELS) and asked["--variants"] <= set(VARIANTS)
+    assert calls and asked["--models"] <= set(MODELS) and asked["--variants"] <= set(VARIANTS)
     assert {"defaults", "paper_full", "compiled", "cuda_graphs"} <= asked["--variants"]
+    # The check runs the GPU tier without the levers' test, the levers step runs that test alone.
+    gpu_tests = re.findall(r"^def (test_\w+)", (ROOT / "tests" / "test_gpu.py").read_text(), re.M)
+    levers = [t for t in gpu_tests if "levers" in t]
+    assert len(gpu_tests) > 1 and levers == ["test_the_gpu_speed_levers_give_the_same_edit"]
+    assert '-k "not levers"' in script and "-k levers" in script
