@@ -71,6 +71,12 @@ class ImagicEdit:
         return recommended(self.config)[1]
 
     @property
+    def strength(self) -> float:
+        """Where the run's step C started: 1.0 from pure noise, below 1 from its input (images/input.png)
+        noised to that share of the schedule (draw with an img2img pipeline at this strength)."""
+        return float(self.config.get("strength", 1.0))
+
+    @property
     def picked(self) -> dict | None:
         """The run's automatic pick: its eta, seed, scores and ranking (None when the pick was off)."""
         return self.config.get("picked")
@@ -232,9 +238,7 @@ pipe.scheduler = {scheduler_class}.from_config(pipe.scheduler.config)
 embeds = load_file("{artifact}/imagic_embeds.safetensors")
 eta = {eta}
 mix = lambda name: eta * embeds["target_" + name] + (1 - eta) * embeds["optimized_" + name]
-image = pipe({call_embeds}, guidance_scale={guidance_scale},
-             num_inference_steps={num_inference_steps},
-             generator=torch.Generator("cpu").manual_seed({seed})).images[0]
+{draw}
 image.save("edit.png")
 ```
 
@@ -314,8 +318,7 @@ def write_model_card(folder: Path, config: dict) -> None:
         # device_type (cuda, mps), not device: that is the card's name ("NVIDIA H100 ..."), not a torch device.
         to_device="" if config.get("device_type", "cpu") == "cpu" else f'.to("{config["device_type"]}")',
         load_weights=load_weights,
-        artifact=config["artifact_name"], call_embeds=call, guidance_scale=config["guidance_scale"],
-        num_inference_steps=config["num_inference_steps"], seed=seed, revision=config["revision"],
+        artifact=config["artifact_name"], draw=_draw_code(config, call, seed), revision=config["revision"],
         emb_train_steps=config["emb_train_steps"], emb_learning_rate=config["emb_learning_rate"],
         max_train_steps=config["max_train_steps"], learning_rate=config["learning_rate"],
         lora_line="" if full else (f", rank {config['rank']}, alpha {config['lora_alpha_used']}, targets "
@@ -325,6 +328,22 @@ def write_model_card(folder: Path, config: dict) -> None:
         device=config.get("device", "?"),
         picked_line=_picked_line(config))
     (folder / "README.md").write_text(text)
+
+
+def _draw_code(config: dict, call_embeds: str, seed: int) -> str:
+    """The model card's drawing call: the pipeline itself from pure noise, or, for a run drawn from the noised
+    input (--strength below 1), the img2img pipeline of the same family on the same components."""
+    settings = (f'guidance_scale={config["guidance_scale"]},\n             num_inference_steps='
+                f'{config["num_inference_steps"]}, generator=torch.Generator("cpu").manual_seed({seed})')
+    strength = config.get("strength", 1.0)
+    if strength >= 1.0:
+        return f"image = pipe({call_embeds}, {settings}).images[0]"
+    img2img = ("StableDiffusionXLImg2ImgPipeline" if config["family"] == "sdxl"
+               else "StableDiffusionImg2ImgPipeline")
+    return (f"from diffusers import {img2img}\nfrom PIL import Image\n"
+            f"img2img = {img2img}(**pipe.components)  # the same weights; starts from the noised input\n"
+            f'start = Image.open("{config["artifact_name"]}/images/input.png")  # the input as the run drew from it\n'
+            f"image = img2img({call_embeds}, image=start, strength={strength},\n             {settings}).images[0]")
 
 
 def _picked_line(config: dict) -> str:

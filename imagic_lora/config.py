@@ -189,6 +189,10 @@ class ImagicConfig:
     sample_batch_size: int | None = _field(
         None, "Step C: images per pipeline call; 8 up to 256 px, else 4 (SDXL: 1) when not given. 1 uses the least "
         "memory and makes each image bit-identical to a one-image stock pipeline call (LoRA fused; fp32).", "C")
+    strength: float = _field(
+        1.0, "Step C starts from the input image noised to this share of the schedule, as diffusers' img2img "
+        "does, instead of from pure noise (1.0, the paper's). Below 1 the photo's layout holds: an object "
+        "turned or resized stays where it was; the model card's code then uses the img2img pipeline.", "C")
     guidance_scale: float | None = _field(None, "Classifier-free guidance scale for the edited images.", "C")
     num_inference_steps: int | None = _field(None, "Denoising steps per edited image.", "C")
     scheduler: str | None = _field(
@@ -209,6 +213,12 @@ class ImagicConfig:
              "lies at least this fraction of the way from the input's score to the best, in (0, 1].", "pick")
 
     # ----------------------------------------------------------------------------------
+    @property
+    def denoising_steps(self) -> int:
+        """Step C's denoising steps per image: all of them from pure noise, fewer from a noised input (as
+        diffusers' img2img pipelines count them)."""
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+
     @property
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_seeds)]
@@ -316,6 +326,8 @@ class ImagicConfig:
             raise ImagicInputError("--pick_place_distance", f"must be in [0, 2] (0: off), got {self.pick_place_distance}")
         if self.lora_budget is not None and not (math.isfinite(self.lora_budget) and 0 < self.lora_budget <= 1):
             raise ImagicInputError("--lora_budget", f"must be in (0, 1] (1: the whole adapter), got {self.lora_budget}")
+        if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
+            raise ImagicInputError("--strength", f"must be in (0, 1] (1: from pure noise), got {self.strength}")
         if not 0 < self.pick_keep_fraction <= 1:
             raise ImagicInputError("--pick_keep_fraction", f"must be in (0, 1], got {self.pick_keep_fraction}")
         if not 0 < self.timestep_bias_portion <= 1:
@@ -397,7 +409,7 @@ ARTIFACT_DIFFERENCES = ROUNDING_ONLY | {
 #: Settings that change only step C and the pick, which a resume redoes from the checkpoint of step B.
 STEP_C_SETTINGS = frozenset({"etas", "num_seeds", "recommended_eta", "guidance_scale", "num_inference_steps",
                              "scheduler", "pick_edit", "pick_keep_fraction", "pick_place_distance",
-                             "lora_budget", "num_reconstruction_seeds", "pick_timesteps"})
+                             "lora_budget", "num_reconstruction_seeds", "pick_timesteps", "strength"})
 #: Settings that do not change what steps A and B compute: a checkpoint made under other values resumes.
 RESUMABLE_DIFFERENCES = ARTIFACT_DIFFERENCES | STEP_C_SETTINGS
 #: Keys an imagic-lora 0.1 record (no "settings" entry) holds as resolved, not as given.

@@ -278,8 +278,9 @@ class Plan:
 
 def estimate_work(costs: UNetCosts, *, emb_steps: int, emb_batch: int, steps: int, batch: int, accumulation: int,
                   images: int, candidates: int, inference_steps: int, guided: bool, vae_decode_flops: float,
-                  vae_encode_flops: float, pick_timesteps: int) -> dict[str, dict[str, float]]:
-    """UNet forward-equivalents (FLOPs / one sample's forward) and TFLOP per phase of an edit."""
+                  vae_encode_flops: float, pick_timesteps: int, img2img: bool = False) -> dict[str, dict[str, float]]:
+    """UNet forward-equivalents (FLOPs / one sample's forward) and TFLOP per phase of an edit.
+    ``inference_steps``: the denoising steps each image runs; ``img2img``: step C encodes the input per image."""
     f = costs.forward_flops
     phases = {
         "A": emb_steps * emb_batch * accumulation * costs.step_a_flops,
@@ -287,7 +288,8 @@ def estimate_work(costs: UNetCosts, *, emb_steps: int, emb_batch: int, steps: in
         "C": images * inference_steps * (2 if guided else 1) * f,
         "pick": (candidates + 1) * pick_timesteps * 2 * f if candidates else 0.0,
     }
-    vae = {"A": vae_encode_flops, "B": 0.0, "C": images * vae_decode_flops, "pick": candidates * vae_encode_flops}
+    vae = {"A": vae_encode_flops, "B": 0.0, "C": images * (vae_decode_flops + (vae_encode_flops if img2img else 0.0)),
+           "pick": candidates * vae_encode_flops}
     return {k: {"unet_forwards": v / f, "tflop": (v + vae[k]) / 1e12} for k, v in phases.items()}
 
 
@@ -421,7 +423,7 @@ def make_plan(cfg, target: Target, accelerate_mixed_precision: str | None = None
     candidates = sum(1 for eta, _ in cfg.pairs if eta > 0) if cfg.pick_edit else 0
     work = estimate_work(costs, emb_steps=cfg.emb_train_steps, emb_batch=emb_batch, steps=cfg.max_train_steps,
                          batch=cfg.train_batch_size, accumulation=cfg.gradient_accumulation_steps, images=images,
-                         candidates=candidates, inference_steps=cfg.num_inference_steps,
+                         candidates=candidates, inference_steps=cfg.denoising_steps, img2img=cfg.strength < 1,
                          guided=cfg.guidance_scale > 1, vae_decode_flops=decode_flops, vae_encode_flops=encode_flops,
                          pick_timesteps=cfg.pick_timesteps)
     tf32 = cfg.allow_tf32 if cfg.allow_tf32 is not None else target.kind == "cuda"

@@ -280,6 +280,8 @@ class ImagicRecipe:
                 # unreadable one is drawn again, and one of other settings or of an eta or seed no longer
                 # in the sweep is removed (step C's own files).
                 drawn_with = {k: cfg.to_dict()[k] for k in ("guidance_scale", "num_inference_steps", "scheduler")}
+                if cfg.strength < 1:  # (markers of before --strength existed stay valid for pure noise)
+                    drawn_with["strength"] = cfg.strength
                 marker = out / "images" / ".step_c.json"
                 if marker.is_file() and json.loads(marker.read_text()) != drawn_with:
                     for stale in (out / "images").glob("eta_*.png"):
@@ -301,8 +303,8 @@ class ImagicRecipe:
                             made = generate_images(pipe, [interpolate(e_tgt, e_opt, eta) for eta, _ in chunk],
                                                    [seed for _, seed in chunk], guidance_scale=cfg.guidance_scale,
                                                    num_inference_steps=cfg.num_inference_steps,
-                                                   resolution=resolution)
-                            meter.add_vae(decodes=len(chunk))
+                                                   resolution=resolution, image=image, strength=cfg.strength)
+                            meter.add_vae(decodes=len(chunk), encodes=len(chunk) if cfg.strength < 1 else 0)
                             for pair, picture in zip(chunk, made):
                                 save_image(picture, images[pair])
                             bar.update(len(chunk))
