@@ -110,3 +110,27 @@ def test_the_img2img_pipeline_shares_the_modules_and_keeps_their_dtype(tmp_path)
     assert isinstance(i2i, StableDiffusionXLImg2ImgPipeline)
     assert i2i.unet is pipe.unet and i2i.vae is pipe.vae and i2i.text_encoder_2 is pipe.text_encoder_2
     assert pipe.unet.dtype == torch.bfloat16
+
+
+def test_a_resume_at_another_strength_draws_every_image_again(tiny_sd, input_png, tmp_path, monkeypatch):
+    """Images drawn from pure noise before an interruption are not kept by a resume at strength 0.6."""
+    import imagic_lora.recipe as recipe
+    argv = ["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png), "--target_prompt",
+            PROMPT, "--output_dir", str(tmp_path / "edit"), *FAST, "--checkpointing_steps", "3",
+            "--sample_batch_size", "1"]
+    real, calls = recipe.generate_images, []
+
+    def crash_after_two(*args, **kwargs):
+        calls.append(kwargs["strength"])
+        if len(calls) > 2:
+            raise RuntimeError("simulated crash in step C")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(recipe, "generate_images", crash_after_two)
+    with pytest.raises(RuntimeError):
+        cli.main(argv)
+    assert len(sorted((tmp_path / ".edit.partial" / "images").glob("eta_*.png"))) == 2
+    calls.clear()
+    monkeypatch.setattr(recipe, "generate_images", lambda *a, **k: calls.append(k["strength"]) or real(*a, **k))
+    assert cli.main(argv + ["--resume", "--strength", "0.6"]) == 0
+    assert calls == [0.6] * 5  # all 5 images, none kept from pure noise
+    assert json.loads((tmp_path / "edit" / "imagic_config.json").read_text())["strength"] == 0.6
