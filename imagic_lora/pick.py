@@ -140,12 +140,17 @@ def edge_map(images: torch.Tensor, blur: float = STRUCTURE_BLUR) -> torch.Tensor
     gy = _replicate_conv(_replicate_conv(x, diff, 2), smooth, 3)
     gx = _replicate_conv(_replicate_conv(x, diff, 3), smooth, 2)
     magnitude = torch.sqrt(gx ** 2 + gy ** 2).sum(1, keepdim=True)
-    sigma = blur * magnitude.shape[-1]
+    return gaussian_blur(magnitude, blur)[:, 0]
+
+
+def gaussian_blur(maps: torch.Tensor, blur: float) -> torch.Tensor:
+    """(N, C, S, S) -> the same, each channel blurred by a Gaussian of sigma ``blur`` x S, edges replicated."""
+    sigma = blur * maps.shape[-1]
     radius = int(3 * sigma)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
     gauss = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
     gauss = gauss / gauss.sum()
-    return _replicate_conv(_replicate_conv(magnitude, gauss, 2), gauss, 3)[:, 0]
+    return _replicate_conv(_replicate_conv(maps, gauss, 2), gauss, 3)
 
 
 def structure_distances(candidates: torch.Tensor, reference: torch.Tensor, blur: float = STRUCTURE_BLUR) -> torch.Tensor:

@@ -33,12 +33,7 @@ def mass_map(images: torch.Tensor, blur: float = BLUR) -> torch.Tensor:
     """(N, 3, H, W) -> (N, H, W): each pixel's distance from the image's median colour, Gaussian-blurred."""
     x = images.float()
     median = x.flatten(2).median(2).values[..., None, None]
-    m = (x - median).abs().sum(1, keepdim=True)
-    sigma = blur * m.shape[-1]
-    offsets = torch.arange(-int(3 * sigma), int(3 * sigma) + 1, dtype=torch.float32)
-    gauss = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
-    gauss = gauss / gauss.sum()
-    return pick._replicate_conv(pick._replicate_conv(m, gauss, 2), gauss, 3)[:, 0]
+    return pick.gaussian_blur((x - median).abs().sum(1, keepdim=True), blur)[:, 0]
 
 
 def best_shift(maps: torch.Tensor, reference: torch.Tensor, max_shift: int = 12) -> list[float]:

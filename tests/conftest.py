@@ -58,6 +58,17 @@ def fresh_accelerator_state():
     PartialState._reset_state()
 
 
+def crash_after(real, n: int, calls: list, note=lambda args, kwargs: 1):
+    """A stand-in for ``real`` that records each call in ``calls`` (what ``note`` says of it) and raises once
+    ``n`` calls have gone through: a crash in the middle of step C."""
+    def stand_in(*args, **kwargs):
+        calls.append(note(args, kwargs))
+        if len(calls) > n:
+            raise RuntimeError("simulated crash in step C")
+        return real(*args, **kwargs)
+    return stand_in
+
+
 @pytest.fixture
 def strict_compile(monkeypatch):
     """torch.compile that cannot fall back to eager unseen: hitting dynamo's recompile limit raises, and the

@@ -14,7 +14,7 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, crash_after
 import imagic_lora.cli as cli
 import imagic_lora.recipe as recipe
 from test_cli import FAST, run_inprocess
@@ -390,14 +390,7 @@ def test_a_torn_image_of_a_resumed_run_is_drawn_again(tiny_sd, input_png, tmp_pa
     argv = ["--pretrained_model_name_or_path", str(tiny_sd), "--input_image", str(input_png),
             "--output_dir", str(tmp_path / "edit"), *RESUME_ARGS, "--max_train_steps", "4",
             "--sample_batch_size", "1", "--num_seeds", "2"]
-    real, calls = recipe.generate_images, []
-
-    def crash_after_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 2:
-            raise RuntimeError("simulated crash in step C")
-        return real(*args, **kwargs)
-    monkeypatch.setattr(recipe, "generate_images", crash_after_two)
+    monkeypatch.setattr(recipe, "generate_images", crash_after(recipe.generate_images, 2, []))
     with pytest.raises(RuntimeError):
         cli.main(argv)
     images = tmp_path / ".edit.partial" / "images"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import crash_after
 import imagic_lora.cli as cli
 
 PROMPT = "a large blue square on a gray background"
@@ -119,16 +120,10 @@ def test_a_resume_at_another_strength_draws_every_image_again(tiny_sd, input_png
             PROMPT, "--output_dir", str(tmp_path / "edit"), *FAST, "--checkpointing_steps", "3",
             "--sample_batch_size", "1"]
     real, calls = recipe.generate_images, []
-
-    def crash_after_two(*args, **kwargs):
-        calls.append(kwargs["strength"])
-        if len(calls) > 2:
-            raise RuntimeError("simulated crash in step C")
-        return real(*args, **kwargs)
-    monkeypatch.setattr(recipe, "generate_images", crash_after_two)
+    monkeypatch.setattr(recipe, "generate_images", crash_after(real, 2, calls, lambda a, k: k["strength"]))
     with pytest.raises(RuntimeError):
         cli.main(argv)
-    assert len(sorted((tmp_path / ".edit.partial" / "images").glob("eta_*.png"))) == 2
+    assert len(list((tmp_path / ".edit.partial" / "images").glob("eta_*.png"))) == 2
     calls.clear()
     monkeypatch.setattr(recipe, "generate_images", lambda *a, **k: calls.append(k["strength"]) or real(*a, **k))
     assert cli.main(argv + ["--resume", "--strength", "0.6"]) == 0
