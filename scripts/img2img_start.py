@@ -12,6 +12,8 @@ image per call here, several there: on 8 tuning cases every verdict was the same
 (imagic_lora.pick, scored with the base model as the CLI scores) chooses among each strength's images (every eta and
 seed: 16 candidates at the defaults, as many as the CLI's own pool).
 
+Every image is kept in <output_dir>, with its verdicts and the pick's scores in <output_dir>/candidates.jsonl (for
+scripts/replay_pool.py); --artifacts draws again from an earlier run's artifacts instead of running steps A and B.
 Prints, per kind and (strength, eta), the share of images edited (every target attribute read), kept in place
 (bounding-box centre within 6 px) and both, and how many cases have a right image; per kind and strength, how
 often the CLI's pick, the best text score alone and a person (the judge) choose a right image. Writes them to
@@ -54,6 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--cli_args", default="",
                    help="More flags for the CLI's run, e.g. the full schedule of before issue 25: "
                         "'--train_batch_size 4 --emb_train_steps 300 --num_inference_steps 25 --pick_timesteps 16'.")
+    p.add_argument("--artifacts", default=None,
+                   help="The output_dir of an earlier run of this script: take each case's artifact from there "
+                        "instead of running the CLI again (steps A and B are the same at the same flags).")
     p.add_argument("--output_dir", required=True)
     args = p.parse_args(argv)
     bench.check_world(args.model, 2)
@@ -64,15 +69,18 @@ def main(argv=None) -> int:
     noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)  # as the CLI's training scheduler
     images_tally: dict[str, list] = {}  # "kind strength eta" -> [case, edited, in place]
     pick_tally: dict[str, list] = {}  # "kind strength" -> [case, right]
+    records = []  # one per candidate, with its scores, for replaying rules over pools of several strengths
     for case in cases:
         photo = shapes.render_photo(case.scene, seed=case.seed)
         reading = shapes.judge(photo, 2)
         photo.save(out / f"input{case.index}.png")
-        run = out / f"case{case.index}"
-        if cli.main(["--input_image", str(out / f"input{case.index}.png"), "--target_prompt", case.target_prompt,
-                     "--output_dir", str(run), "--overwrite", "--pretrained_model_name_or_path", args.model,
-                     "--max_train_steps", str(args.max_train_steps), "--etas", "0", "1.0", "--num_seeds", "1",
-                     "--seed", str(case.seed), *shlex.split(args.cli_args)]) != 0:
+        run = Path(args.artifacts or out) / f"case{case.index}"
+        # With --artifacts, steps A and B were run before (read_edit below refuses a missing artifact).
+        if not args.artifacts and cli.main([
+                "--input_image", str(out / f"input{case.index}.png"), "--target_prompt", case.target_prompt,
+                "--output_dir", str(run), "--overwrite", "--pretrained_model_name_or_path", args.model,
+                "--max_train_steps", str(args.max_train_steps), "--etas", "0", "1.0", "--num_seeds", "1",
+                "--seed", str(case.seed), *shlex.split(args.cli_args)]) != 0:
             raise SystemExit(f"the CLI failed on case {case.index}")
         edit = read_edit(run)
         record = edit.config
@@ -86,7 +94,7 @@ def main(argv=None) -> int:
         settings = dict(guidance_scale=record["guidance_scale"], num_inference_steps=record["num_inference_steps"])
         latents = encode_image_latents(base.vae, pil_to_tensor(photo))
         for strength in args.strengths:
-            pool, verdicts = [], []
+            pool, verdicts, names, judged = [], [], [], []
             for eta, k in itertools.product(args.etas, range(args.num_seeds)):
                 mix = edit.embeds(eta).prompt_embeds
                 generator = torch.Generator("cpu").manual_seed(case.seed + k)  # the CLI's seeds for this case
@@ -100,15 +108,25 @@ def main(argv=None) -> int:
                     [case.index, v["success"], v["place"]])
                 pool.append(image)
                 verdicts.append(v["both"])
+                judged.append(v)
+                names.append(f"case{case.index}_s{strength}_eta{eta}_k{k}.png")
+                image.save(out / names[-1])
             chosen, _ = pick.pick_edit(base, noise_scheduler, photo, latents, pool, edit.e_tgt, edit.e_opt,
                                        seed=case.seed + 2, weight_dtype=torch.float32,
                                        num_timesteps=record["pick_timesteps"],
                                        keep_fraction=record["pick_keep_fraction"],
                                        place_distance=record["pick_place_distance"])
             best = max(range(len(pool)), key=lambda i: chosen.text_scores[i])
+            for i, (eta, k) in enumerate(itertools.product(args.etas, range(args.num_seeds))):
+                records.append({"case": case.index, "kind": case.attribute, "strength": strength, "eta": eta,
+                                "seed": k, "image": names[i], "edited": bool(judged[i]["success"]),
+                                "place": bool(judged[i]["place"]), "both": bool(judged[i]["both"]),
+                                "text_score": chosen.text_scores[i], "distance": chosen.distances[i],
+                                "reference": chosen.reference})
             pick_tally.setdefault(f"{case.attribute} {strength}", []).append(
                 [case.index, verdicts[chosen.index], verdicts[best], any(verdicts)])
     (out / "tally.json").write_text(json.dumps({"images": images_tally, "pick": pick_tally}, indent=0) + "\n")
+    (out / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     print("kind strength eta: edited, in place, both (share of images); cases with a right image")
     for key, rows in images_tally.items():
         n = len(rows)

@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Replay the automatic pick over pools of images drawn at several img2img strengths (issue 22).
+
+    python scripts/img2img_start.py --model shapes-v2 --max_train_steps 100 --kinds shape color size \\
+        background direction --strengths 1.0 0.9 0.8 0.7 --etas 0.8 1.0 1.2 1.4 --output_dir pool
+    python scripts/replay_pool.py pool
+    python scripts/replay_pool.py pool --model shapes-v2      # also the null-text score (below)
+
+Reads <run>/candidates.jsonl (one line per image: case, kind, strength, eta, seed, the judge's verdicts, the
+pick's text score and structure distance, the input's score). For each pool (the images of one strength, or of
+several together) prints how many cases each rule gets edited and in place, by kind: a person choosing with
+the judge; the CLI's rule (imagic_lora.pick.choose, its constants); the best text score alone; a "ladder"
+that takes the lowest strength whose best score is at least f of the way from the input's score to the best
+of the pool (the least change that edits), then the CLI's rule within it; and the CLI's rule at other
+constants (step 1's place distance and keep fraction).
+
+With --model (and the artifacts of the run: --artifacts, default <run>), every image is scored again with
+e_opt replaced by the empty prompt's embedding, s0(y) = err(y, e_null) - err(y, e_tgt), at the pick's
+timesteps and noises: a text score that does not reward a moved object (the empty prompt, unlike e_opt,
+expects the object nowhere in particular). Prints how well each score tells edited images from unedited
+ones, and right ones (edited and in place) from the rest, as the mean within-case AUC, and the rules above
+with s0 in place of s. Results: docs/shapes_benchmark.md ("A pool of several strengths").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from imagic_lora import pick  # noqa: E402
+
+KINDS = ["shape", "color", "size", "background", "direction"]
+POOLS = [[1.0], [0.9], [0.8], [0.7], [1.0, 0.8], [0.9, 0.8], [1.0, 0.9, 0.8, 0.7]]
+
+
+def null_scores(run: Path, artifacts: Path, model: str, cases: dict[int, list[dict]]) -> None:
+    """Add "null_score" to every record and "null_reference" (the input's) to each case's first."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    from imagic_lora.artifact import read_edit
+    from imagic_lora.conditioning import encode_prompt
+    from imagic_lora.diffusion import encode_image_latents
+    from imagic_lora.images import pil_to_tensor
+
+    base = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, dtype=torch.float32)
+    noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
+    e_null = encode_prompt(base, "", "cpu")
+    for index, rows in sorted(cases.items()):
+        edit = read_edit(artifacts / f"case{index}")
+        images = [Image.open(run / r["image"]).convert("RGB") for r in rows]
+        images.append(Image.open(run / f"input{index}.png").convert("RGB"))
+        with torch.no_grad():
+            latents = torch.cat([encode_image_latents(base.vae, pil_to_tensor(i)) for i in images])
+        # The pick's timesteps and noises (seed + 2, as img2img_start.py scores), e_opt's place taken by e_null.
+        s0 = pick.text_scores(base.unet, noise_scheduler, latents, edit.e_tgt, e_null,
+                              num_timesteps=edit.config["pick_timesteps"], weight_dtype=torch.float32,
+                              generator=torch.Generator().manual_seed(edit.config["seed"] + 2)).tolist()
+        for r, s in zip(rows, s0):
+            r["null_score"] = s
+        rows[0]["null_reference"] = s0[-1]
+
+
+def within_case_auc(cases: dict[int, list[dict]], key: str, label: str) -> tuple[float, int]:
+    """Mean over cases (with both classes) of P(score of a positive > score of a negative)."""
+    aucs = []
+    for rows in cases.values():
+        pos = [r[key] for r in rows if r[label]]
+        neg = [r[key] for r in rows if not r[label]]
+        if pos and neg:
+            aucs.append(sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg)))
+    return sum(aucs) / len(aucs), len(aucs)
+
+
+def cli_rule(score: str, reference: str, place_distance=pick.PLACE_DISTANCE,
+             place_keep_fraction=pick.PLACE_KEEP_FRACTION):
+    def rule(pool, first):
+        chosen = pick.choose([r[score] for r in pool], [r["distance"] for r in pool], pick.KEEP_FRACTION,
+                             first[reference], place_distance, place_keep_fraction)
+        return pool[chosen.index]
+    return rule
+
+
+def ladder(fraction: float, score: str, reference: str):
+    inner = cli_rule(score, reference)
+
+    def rule(pool, first):
+        top = max(r[score] for r in pool)
+        for strength in sorted({r["strength"] for r in pool}):
+            at = [r for r in pool if r["strength"] == strength]
+            if max(r[score] for r in at) >= first[reference] + fraction * (top - first[reference]):
+                return inner(at, first)
+        return inner(pool, first)
+    return rule
+
+
+def tally(cases, rule, strengths) -> str:
+    right = defaultdict(int)
+    total = n = 0
+    for rows in cases.values():
+        pool = [r for r in rows if r["strength"] in strengths]
+        if not pool:
+            continue
+        ok = rule(pool, rows[0])["both"]
+        right[rows[0]["kind"]] += ok
+        total += ok
+        n += 1
+    return f"{total:2d}/{n}  " + " ".join(f"{right[k]}" for k in KINDS)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="An output_dir of scripts/img2img_start.py (with candidates.jsonl).")
+    p.add_argument("--model", default=None, help="Score with the empty prompt too (the run's base model).")
+    p.add_argument("--artifacts", default=None, help="Where the cases' artifacts are (default: the run).")
+    args = p.parse_args(argv)
+    run = Path(args.run)
+    cases: dict[int, list[dict]] = defaultdict(list)
+    for line in (run / "candidates.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        cases[r["case"]].append(r)
+    strengths = sorted({r["strength"] for rows in cases.values() for r in rows}, reverse=True)
+    pools = [s for s in POOLS if set(s) <= set(strengths)]
+    scores = [("text_score", "reference")]
+    if args.model:
+        null_scores(run, Path(args.artifacts or run), args.model, cases)
+        scores.append(("null_score", "null_reference"))
+    for score, _ in scores:
+        for label in ("edited", "both"):
+            auc, n = within_case_auc(cases, score, label)
+            print(f"{score} tells {label:>6} images from the rest: mean within-case AUC {auc:.2f} ({n} cases)")
+    print("rule, pool of strengths: cases right (all; " + " ".join(KINDS) + ")")
+    for strengths_ in pools:
+        print(f"{'a person (the judge)':>36} {str(strengths_):>22}: "
+              + tally(cases, lambda pool, first: max(pool, key=lambda r: r["both"]), strengths_))
+    for score, reference in scores:
+        for strengths_ in pools:
+            rows = [("the CLI's rule", cli_rule(score, reference)),
+                    ("the best score alone", lambda pool, first, s=score: max(pool, key=lambda r: r[s]))]
+            if len(strengths_) > 1:
+                rows += [(f"ladder {f}", ladder(f, score, reference)) for f in (0.3, 0.5, 0.7, 0.9)]
+            for name, rule in rows:
+                print(f"{name + ' (' + score + ')':>36} {str(strengths_):>22}: " + tally(cases, rule, strengths_))
+    print("the CLI's rule at other constants (text_score): place distance / place keep fraction")
+    for strengths_ in pools:
+        for distance in (0.0, 0.15, 0.25, 0.35, 0.5):
+            for keep in (0.7, 0.9, 1.0):
+                print(f"{f'{distance} / {keep}':>36} {str(strengths_):>22}: "
+                      + tally(cases, cli_rule("text_score", "reference", distance, keep), strengths_))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

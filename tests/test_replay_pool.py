@@ -1,0 +1,40 @@
+"""scripts/replay_pool.py's rules on hand-made records (no model): what each rule chooses is what its help says."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location(
+    "replay_pool", Path(__file__).resolve().parents[1] / "scripts" / "replay_pool.py")
+replay = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(replay)
+
+
+def record(strength, score, distance, both, reference=0.0):
+    return {"case": 0, "kind": "direction", "strength": strength, "eta": 1.0, "seed": 0, "image": "x.png",
+            "edited": both, "place": True, "both": both, "text_score": score, "distance": distance,
+            "reference": reference}
+
+
+def test_the_ladder_takes_the_lowest_strength_that_edits():
+    # Strength 1.0 holds the best score; 0.8's best is 0.6 of the way there, 0.7's only 0.2.
+    pool = [record(1.0, 1.0, 0.6, False), record(0.8, 0.6, 0.1, True), record(0.7, 0.2, 0.0, False)]
+    assert replay.ladder(0.5, "text_score", "reference")(pool, pool[0]) is pool[1]
+    assert replay.ladder(0.1, "text_score", "reference")(pool, pool[0]) is pool[2]
+    assert replay.ladder(0.9, "text_score", "reference")(pool, pool[0]) is pool[0]
+
+
+def test_the_cli_rule_is_the_pick_and_the_tally_counts_cases_by_kind(tmp_path, capsys):
+    # In place (0.1) and beating the input: step 1 chooses it over the moved one that scores higher.
+    rows = [record(1.0, 1.0, 0.6, False), record(0.8, 0.5, 0.1, True)]
+    assert replay.cli_rule("text_score", "reference")(rows, rows[0]) is rows[1]
+    cases = {0: rows, 1: [dict(r, case=1, kind="size", both=not r["both"]) for r in rows]}
+    assert replay.tally(cases, replay.cli_rule("text_score", "reference"), [1.0, 0.8]) == " 1/2  0 0 0 0 1"
+    assert replay.tally(cases, lambda pool, first: pool[0], [1.0]) == " 1/2  0 0 1 0 0"
+
+    (tmp_path / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for rows in cases.values() for r in rows))
+    assert replay.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    person = [line for line in out.splitlines() if "a person (the judge)" in line]
+    assert [line.split(":", 1)[1][1:] for line in person] == [  # pools [1.0], [0.8], [1.0, 0.8]
+        " 1/2  0 0 1 0 0", " 1/2  0 0 0 0 1", " 2/2  0 0 1 0 1"]
