@@ -280,8 +280,39 @@ def summarise(results: list[dict]) -> dict:
             "wall_s_per_case": float(np.median(walls)),
             "phase_s_median": ({k: float(np.median([p[k] for p in phases])) for k in phases[0]}
                                if phases[0] else None),
+            "pick_against_person": pick_against_person(results, method),
         }
     return summary
+
+
+def bootstrap_interval(values: list[bool], draws: int = 10000, seed: int = 0) -> list[float]:
+    """The 95% bootstrap interval of the share of true ``values`` (one per case), resampling the cases."""
+    x = np.asarray(values, dtype=np.float64)
+    means = x[np.random.default_rng(seed).integers(0, len(x), (draws, len(x)))].mean(1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def pick_against_person(results: list[dict], method: str) -> dict | None:
+    """The automatic pick (one image per case: the AUTO records) against a person choosing, with the judge,
+    among the same candidates (every other record but eta 0, the reconstruction, which is never a candidate):
+    the share of cases edited and in place, with bootstrap intervals over cases, and the counts by kind.
+    None when the method has no AUTO records."""
+    picked, person, kinds = [], [], {}
+    for result in results:
+        records = result["methods"][method]["records"]
+        auto = [r["both"] for r in records if r["setting"] == AUTO]
+        if not auto:
+            return None
+        chosen = bool(auto[0])
+        any_right = any(r["both"] for r in records if r["setting"] not in (AUTO, 0.0))
+        picked.append(chosen)
+        person.append(any_right)
+        k = kinds.setdefault(result["attribute"], {"pick": 0, "person": 0, "n": 0})
+        k["pick"] += chosen
+        k["person"] += any_right
+        k["n"] += 1
+    return {"n": len(picked), "pick": sum(picked), "pick_interval": bootstrap_interval(picked),
+            "person": sum(person), "person_interval": bootstrap_interval(person), "by_kind": kinds}
 
 
 def best_setting(method_summary: dict) -> tuple[str, dict]:
@@ -314,7 +345,7 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
         phase_text = " / ".join(f"{phases[k]:.1f}" for k in ("A", "B", "C")) if phases else "-"
         lines.append(f"| {method} | {setting} | {best['success']:.0%} | {best['place']:.0%} | **{best['both']:.0%}** "
                      f"| {s['wall_s_per_case']:.1f} | {phase_text} |")
-    lines += goal_lines(summary, meta)
+    lines += goal_lines(summary, meta) + pick_lines(summary, kinds, named)
     if meta.get("notes"):
         lines += ["", meta["notes"].rstrip()]
     lines += ["", "## Every setting", "", "| method | eta / strength | success | place kept | both | both: "
@@ -325,6 +356,29 @@ def write_markdown(path: Path, summary: dict, meta: dict) -> None:
             lines.append(f"| {method} | {setting} | {v['success']:.0%} | {v['place']:.0%} | {v['both']:.0%} | "
                          + " | ".join(f"{att.get(a, 0):.0%}" for a in kinds) + " |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def pick_lines(summary: dict, kinds: list[str], named: dict) -> list[str]:
+    """The automatic pick against a person, per method that picks, with 95% bootstrap intervals over cases."""
+    rows = [(m, s["pick_against_person"]) for m, s in summary.items() if s.get("pick_against_person")]
+    if not rows:
+        return []
+
+    def rate(right: int, n: int, interval: list[float]) -> str:
+        return f"{right / n:.0%} ({right} of {n}; {interval[0]:.0%}-{interval[1]:.0%})"
+
+    lines = ["", "## The automatic pick against a person", "",
+             "Cases edited and in place: the pick (`edit.png`, one image per case) against a person choosing among "
+             "the same candidates with the judge (a right image among them). 95% bootstrap intervals over cases; "
+             "by kind, cases right by the pick / by a person.", "",
+             "| method | the pick | a person | " + " | ".join(named.get(k, k) for k in kinds) + " |",
+             "|---|---|---|" + "---|" * len(kinds)]
+    for method, v in rows:
+        by_kind = [v["by_kind"].get(k) for k in kinds]
+        lines.append(f"| {method} | **{rate(v['pick'], v['n'], v['pick_interval'])}** | "
+                     f"{rate(v['person'], v['n'], v['person_interval'])} | "
+                     + " | ".join(f"{k['pick']} / {k['person']} of {k['n']}" if k else "-" for k in by_kind) + " |")
+    return lines
 
 
 def reused_lines(meta: dict) -> list[str]:

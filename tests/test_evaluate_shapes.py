@@ -152,6 +152,36 @@ def test_report_shows_the_automatic_pick_beside_the_etas(bench, tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 0
 
 
+def test_the_report_sets_the_pick_against_a_person_with_intervals(bench, tmp_path):
+    """Per case: the pick is right when its AUTO record is; a person when any candidate is (eta 0, the
+    reconstruction, never counts). The interval brackets the rate and is a bootstrap over cases."""
+    cases = bench.make_cases(10, seed=0)
+    results, meta = _run(cases, ["imagic_lora"], etas=(0.0, 0.8, 1.0))
+    for i, r in enumerate(results):
+        records = r["methods"]["imagic_lora"]["records"]
+        records[0]["both"] = True  # eta 0 right everywhere: must not count for the person
+        records[1]["both"] = i < 8  # a right candidate in 8 of 10 cases
+        records[2]["both"] = False
+        records.append({"setting": bench.AUTO, "seed": 0, "success": True, "place": True, "both": i < 5})
+    summary = bench.summarise(results)
+    v = summary["imagic_lora"]["pick_against_person"]
+    assert (v["n"], v["pick"], v["person"]) == (10, 5, 8)
+    assert v["pick_interval"][0] < 0.5 < v["pick_interval"][1] and v["person_interval"][1] <= 1.0
+    assert v["pick_interval"] == bench.bootstrap_interval([i < 5 for i in range(10)])  # seeded: repeatable
+    assert bench.bootstrap_interval([True] * 6) == [1.0, 1.0]
+    kind = cases[0].attribute
+    assert v["by_kind"][kind] == {"pick": sum(i < 5 for i, c in enumerate(cases) if c.attribute == kind),
+                                  "person": sum(i < 8 for i, c in enumerate(cases) if c.attribute == kind),
+                                  "n": sum(c.attribute == kind for c in cases)}
+    meta.update(num_cases=10, device="CPU", torch="t", diffusers="d", model="m", recommended_eta=0.8)
+    bench.write_markdown(tmp_path / "r.md", summary, meta)
+    text = (tmp_path / "r.md").read_text()
+    lo, hi = v["pick_interval"]
+    assert f"| imagic_lora | **50% (5 of 10; {lo:.0%}-{hi:.0%})** | 80% (8 of 10;" in text
+    results_without_pick, _ = _run(cases, ["a"])
+    assert bench.summarise(results_without_pick)["a"]["pick_against_person"] is None
+
+
 def test_a_report_of_some_kinds_names_only_those(bench, tmp_path):
     cases = bench.select_kinds(bench.make_cases(10, seed=1000, world=2), ["direction"], 2)
     results, meta = _run(cases, ["imagic_lora"], etas=(0.0, 0.8))
