@@ -133,14 +133,38 @@ def _replicate_conv(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Te
 def edge_map(images: torch.Tensor, blur: float = STRUCTURE_BLUR) -> torch.Tensor:
     """(N, 3, H, W) images, any range -> (N, S, S) blurred gradient magnitude (Sobel, summed over the
     colour channels) at S = STRUCTURE_SIZE (images larger than that are area-resized first)."""
+    return gaussian_blur(gradient_magnitude(images)[:, None], blur)[:, 0]
+
+
+def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) images, any range -> (N, S, S) gradient magnitude (Sobel, summed over the colour channels)
+    at S = STRUCTURE_SIZE (images larger than that are area-resized first), unblurred."""
     x = images.float()
     if max(x.shape[-2:]) > STRUCTURE_SIZE:
         x = F.interpolate(x, size=(STRUCTURE_SIZE, STRUCTURE_SIZE), mode="area")
     diff, smooth = torch.tensor([1.0, 0.0, -1.0]), torch.tensor([1.0, 2.0, 1.0])
     gy = _replicate_conv(_replicate_conv(x, diff, 2), smooth, 3)
     gx = _replicate_conv(_replicate_conv(x, diff, 3), smooth, 2)
-    magnitude = torch.sqrt(gx ** 2 + gy ** 2).sum(1, keepdim=True)
-    return gaussian_blur(magnitude, blur)[:, 0]
+    return torch.sqrt(gx ** 2 + gy ** 2).sum(1)
+
+
+# The extent of an image: the box around its edges at least this fraction of the way from its weakest to its
+# strongest gradient (measured on world version 2's tuning cases; not yet in the rule: scripts/replay_pool.py).
+EXTENT_FRACTION = 0.5
+
+
+def extent_centres(images: list[Image.Image]) -> torch.Tensor:
+    """(N, 2): the centre (x, y), as shares of the frame, of each image's extent: the box around the pixels whose
+    gradient magnitude (:func:`gradient_magnitude`) lies at least ``EXTENT_FRACTION`` of the way from the image's
+    weakest to its strongest. Where the object is, whatever its outline: a triangle turned in place keeps its
+    box's centre, one moved does not."""
+    magnitude = gradient_magnitude(torch.cat([pil_to_tensor(i) for i in images]))  # (N, S, S)
+    centres = []
+    for m in magnitude:
+        m = m - m.min()
+        ys, xs = torch.nonzero(m >= EXTENT_FRACTION * m.max(), as_tuple=True)
+        centres.append([(xs.min() + xs.max()).item() / 2, (ys.min() + ys.max()).item() / 2])
+    return torch.tensor(centres) / magnitude.shape[-1]
 
 
 def gaussian_blur(maps: torch.Tensor, blur: float) -> torch.Tensor:

@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--cli_args", default="",
                    help="More flags for the CLI's run, e.g. the full schedule of before issue 25: "
                         "'--train_batch_size 4 --emb_train_steps 300 --num_inference_steps 25 --pick_timesteps 16'.")
+    p.add_argument("--renderer", choices=("photo", "alt"), default="photo",
+                   help="The input photos: shapes.render_photo (the benchmark's), or render_photo_alt (an independent "
+                        "renderer, to check on other images what was tuned on the first).")
     p.add_argument("--artifacts", default=None,
                    help="The output_dir of an earlier run of this script: take each case's artifact from there "
                         "instead of running the CLI again (steps A and B are the same at the same flags).")
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
     pick_tally: dict[str, list] = {}  # "kind strength" -> [case, right]
     records = []  # one per candidate, with its scores, for replaying rules over pools of several strengths
     for case in cases:
-        photo = shapes.render_photo(case.scene, seed=case.seed)
+        photo = (shapes.render_photo_alt if args.renderer == "alt" else shapes.render_photo)(case.scene, seed=case.seed)
         reading = shapes.judge(photo, 2)
         photo.save(out / f"input{case.index}.png")
         run = Path(args.artifacts or out) / f"case{case.index}"

@@ -9,10 +9,13 @@
 Reads <run>/candidates.jsonl (one line per image: case, kind, strength, eta, seed, the judge's verdicts, the
 pick's text score and structure distance, the input's score). For each pool (the images of one strength, or of
 several together) prints how many cases each rule gets edited and in place, by kind: a person choosing with
-the judge; the CLI's rule (imagic_lora.pick.choose, its constants); the best text score alone; a "ladder"
+the judge; the CLI's rule (imagic_lora.pick.choose, its constants); "in place by extent, best score" (among the
+candidates whose extent's centre, imagic_lora.pick.extent_centres, lies within 6 px of the input's and that beat
+the input's score, the best score; else the CLI's rule); the best text score alone; a "ladder"
 that takes the lowest strength whose best score is at least f of the way from the input's score to the best
 of the pool (the least change that edits), then the CLI's rule within it; and the CLI's rule at other
-constants (step 1's place distance and keep fraction).
+constants (step 1's place distance and keep fraction). First, how well the structure distance and the extent's
+shift tell the images the judge reads in place from the moved ones.
 
 With --model (and the artifacts of the run: --artifacts, default <run>), every image is scored again with
 e_opt replaced by the empty prompt's embedding, s0(y) = err(y, e_null) - err(y, e_tgt), at the pick's
@@ -38,6 +41,9 @@ from PIL import Image  # noqa: E402
 from imagic_lora import pick  # noqa: E402
 
 KINDS = ["shape", "color", "size", "background", "direction"]
+# In place by extent: the centre of the candidate's extent (pick.extent_centres) within this share of the frame
+# of the input's (the benchmark's 6 px of 64).
+EXTENT_PLACE = 6 / 64
 POOLS = [[1.0], [0.9], [0.8], [0.7], [1.0, 0.8], [0.9, 0.8], [1.0, 0.9, 0.8, 0.7]]
 
 
@@ -68,15 +74,37 @@ def null_scores(run: Path, artifacts: Path, model: str, cases: dict[int, list[di
         rows[0]["null_reference"] = s0[-1]
 
 
+def extent_shifts(run: Path, cases: dict[int, list[dict]]) -> None:
+    """Add "extent_shift" to every record: how far its extent's centre lies from the input's, in frames."""
+    for index, rows in cases.items():
+        images = [Image.open(run / r["image"]).convert("RGB") for r in rows]
+        centres = pick.extent_centres(images + [Image.open(run / f"input{index}.png").convert("RGB")])
+        for r, shift in zip(rows, (centres[:-1] - centres[-1]).norm(dim=1).tolist()):
+            r["extent_shift"] = shift
+
+
+def extent_rule(score: str, reference: str):
+    """Among the candidates in place by their extent that beat the input's score, the best score; otherwise
+    (none) the CLI's rule."""
+    fallback = cli_rule(score, reference)
+
+    def rule(pool, first):
+        in_place = [r for r in pool if r["extent_shift"] <= EXTENT_PLACE]
+        if in_place and max(r[score] for r in in_place) > first[reference]:
+            return max(in_place, key=lambda r: r[score])
+        return fallback(pool, first)
+    return rule
+
+
 def within_case_auc(cases: dict[int, list[dict]], key: str, label: str) -> tuple[float, int]:
-    """Mean over cases (with both classes) of P(score of a positive > score of a negative)."""
+    """Mean over cases (with both classes) of P(score of a positive > score of a negative); nan if none has both."""
     aucs = []
     for rows in cases.values():
         pos = [r[key] for r in rows if r[label]]
         neg = [r[key] for r in rows if not r[label]]
         if pos and neg:
             aucs.append(sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg)))
-    return sum(aucs) / len(aucs), len(aucs)
+    return (sum(aucs) / len(aucs) if aucs else float("nan")), len(aucs)
 
 
 def cli_rule(score: str, reference: str, place_distance=pick.PLACE_DISTANCE,
@@ -132,6 +160,16 @@ def main(argv=None) -> int:
     if args.model:
         null_scores(run, Path(args.artifacts or run), args.model, cases)
         scores.append(("null_score", "null_reference"))
+    extent_shifts(run, cases)
+    records = [r for rows in cases.values() for r in rows]
+    for name, key, bar in (("structure distance", "distance", pick.PLACE_DISTANCE),
+                           ("extent shift", "extent_shift", EXTENT_PLACE)):
+        for r in records:
+            r["-" + key] = -r[key]
+        auc, n = within_case_auc(cases, "-" + key, "place")
+        agree = sum((r[key] <= bar) == r["place"] for r in records) / len(records)
+        print(f"{name} tells images in place from moved ones: mean within-case AUC {auc:.2f} ({n} cases); "
+              f"at {bar:.3f} it agrees with the judge on {agree:.0%} of images")
     for score, _ in scores:
         for label in ("edited", "both"):
             auc, n = within_case_auc(cases, score, label)
@@ -143,6 +181,7 @@ def main(argv=None) -> int:
     for score, reference in scores:
         for strengths_ in pools:
             rows = [("the CLI's rule", cli_rule(score, reference)),
+                    ("in place by extent, best score", extent_rule(score, reference)),
                     ("the best score alone", lambda pool, first, s=score: max(pool, key=lambda r: r[s]))]
             if len(strengths_) > 1:
                 rows += [(f"ladder {f}", ladder(f, score, reference)) for f in (0.3, 0.5, 0.7, 0.9)]

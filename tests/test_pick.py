@@ -17,7 +17,8 @@ from imagic_lora.diffusion import encode_image_latents
 from imagic_lora.images import pil_to_tensor
 from imagic_lora.lora import add_lora
 from imagic_lora.models import load_pipeline, training_noise_scheduler
-from imagic_lora.pick import choose, pick_edit, pick_record, score_timesteps, structure_distances, text_scores
+from imagic_lora.pick import (choose, extent_centres, pick_edit, pick_record, score_timesteps, structure_distances,
+                               text_scores)
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -130,6 +131,24 @@ def test_structure_distance_sees_where_the_edges_are_not_their_colours():
     # A flat image has no edges: it matches another flat image and nothing else.
     flat = torch.zeros((1, 3, 64, 64))
     assert structure_distances(torch.cat([flat, reference]), flat).tolist() == [0.0, 1.0]
+
+
+def test_the_extent_stays_with_a_triangle_turned_in_place_and_moves_with_a_moved_one():
+    """Where structure_distances mixes where with what outline (a large triangle turned in place lies as far
+    from its photo's edges as one moved 10 px), the extent's centre tells them apart, on a photo too."""
+    scene = shapes.Scene("triangle", "red", "large", "white", 36, 30, 34, "up")
+    photo = shapes.render_photo(scene, seed=3)
+    turned = [shapes.render(dataclasses.replace(scene, direction=d)) for d in ("left", "down", "right")]
+    moved = [shapes.render(dataclasses.replace(scene, cx=scene.cx + 10)),
+             shapes.render(dataclasses.replace(scene, cy=scene.cy - 10))]
+    recoloured = shapes.render(dataclasses.replace(scene, color="blue", background="black"))
+    centres = extent_centres([photo, *turned, *moved, recoloured]) * 64  # in pixels
+    shift = (centres[1:] - centres[0]).norm(dim=1).tolist()
+    assert max(shift[:3]) <= 2.0 and shift[5] <= 2.0, shift  # turned, recoloured: in place
+    assert min(shift[3:5]) >= 9.0, shift  # moved 10 px
+    assert abs(centres[0, 0] - scene.cx) <= 1.5 and abs(centres[0, 1] - scene.cy) <= 1.5, centres[0]
+    turned_d = structure_distances(torch.cat([pil_to_tensor(i) for i in turned]), pil_to_tensor(photo))
+    assert float(turned_d.max()) > 0.25  # the structure distance counts a turned triangle as moved
 
 
 def test_score_timesteps_cover_the_noisier_half():

@@ -32,9 +32,28 @@ def test_the_cli_rule_is_the_pick_and_the_tally_counts_cases_by_kind(tmp_path, c
     assert replay.tally(cases, replay.cli_rule("text_score", "reference"), [1.0, 0.8]) == " 1/2  0 0 0 0 1"
     assert replay.tally(cases, lambda pool, first: pool[0], [1.0]) == " 1/2  0 0 1 0 0"
 
+    # Images for the extent: the input a square at (20, 20); case 0's candidates in place, case 1's first moved.
+    from PIL import Image, ImageDraw
+
+    def square(x: int, name: str) -> None:
+        image = Image.new("RGB", (64, 64), "white")
+        ImageDraw.Draw(image).rectangle([x - 6, 14, x + 6, 26], fill="red")
+        image.save(tmp_path / name)
+    for index, rows_ in cases.items():
+        square(20, f"input{index}.png")
+        for k, r in enumerate(rows_):
+            r["image"] = f"c{index}_{k}.png"
+            square(40 if (index, k) == (1, 0) else 20, r["image"])
+    cases[1][0]["place"] = False
     (tmp_path / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for rows in cases.values() for r in rows))
     assert replay.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert "extent shift tells images in place from moved ones" in out
+    # Case 1: the moved candidate (strength 1.0) scores best but is out of place; the extent rule takes the other.
+    extent = replay.extent_rule("text_score", "reference")
+    replay.extent_shifts(tmp_path, cases)
+    assert [r["extent_shift"] for r in cases[1]] == [20 / 64, 0.0]
+    assert extent(cases[1], cases[1][0]) is cases[1][1]
     person = [line for line in out.splitlines() if "a person (the judge)" in line]
     assert [line.split(":", 1)[1][1:] for line in person] == [  # pools [1.0], [0.8], [1.0, 0.8]
         " 1/2  0 0 1 0 0", " 1/2  0 0 0 0 1", " 2/2  0 0 1 0 1"]
