@@ -167,6 +167,26 @@ def extent_centres(images: list[Image.Image]) -> torch.Tensor:
     return torch.tensor(centres) / magnitude.shape[-1]
 
 
+# In place by extent: the extent's centre within this share of the frame of the input's (the benchmark's 6 px of 64).
+EXTENT_PLACE = 6 / 64
+
+
+def extent_shifts(candidates: list[Image.Image], reference: Image.Image) -> list[float]:
+    """How far each candidate's extent's centre lies from the reference's, in shares of the frame."""
+    centres = extent_centres(candidates + [reference])
+    return (centres[:-1] - centres[-1]).norm(dim=1).tolist()
+
+
+def choose_by_extent(text_scores: list[float], shifts: list[float], distances: list[float],
+                     reference: float = 0.0) -> int:
+    """Measured, not yet the CLI's rule (scripts/replay_pool.py): among the candidates in place by their extent
+    (``shifts`` within EXTENT_PLACE) that beat ``reference``, the best score; when none does, :func:`choose`'s pick."""
+    inside = [i for i, shift in enumerate(shifts) if shift <= EXTENT_PLACE]
+    if inside and max(text_scores[i] for i in inside) > reference:
+        return max(inside, key=lambda i: text_scores[i])
+    return choose(text_scores, distances, reference=reference).index
+
+
 def gaussian_blur(maps: torch.Tensor, blur: float) -> torch.Tensor:
     """(N, C, S, S) -> the same, each channel blurred by a Gaussian of sigma ``blur`` x S, edges replicated."""
     sigma = blur * maps.shape[-1]

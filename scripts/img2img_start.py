@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         settings = dict(guidance_scale=record["guidance_scale"], num_inference_steps=record["num_inference_steps"])
         latents = encode_image_latents(base.vae, pil_to_tensor(photo))
         for strength in args.strengths:
-            pool, verdicts, names, judged = [], [], [], []
+            pool, drawn = [], []  # the images; their records, scores added once the pick has scored them
             for eta, k in itertools.product(args.etas, range(args.num_seeds)):
                 mix = edit.embeds(eta).prompt_embeds
                 generator = torch.Generator("cpu").manual_seed(case.seed + k)  # the CLI's seeds for this case
@@ -110,22 +110,19 @@ def main(argv=None) -> int:
                 images_tally.setdefault(f"{case.attribute} {strength} {eta}", []).append(
                     [case.index, v["success"], v["place"]])
                 pool.append(image)
-                verdicts.append(v["both"])
-                judged.append(v)
-                names.append(f"case{case.index}_s{strength}_eta{eta}_k{k}.png")
-                image.save(out / names[-1])
+                drawn.append({"case": case.index, "kind": case.attribute, "strength": strength, "eta": eta,
+                              "seed": k, "image": f"case{case.index}_s{strength}_eta{eta}_k{k}.png",
+                              "edited": bool(v["success"]), "place": bool(v["place"]), "both": bool(v["both"])})
+                image.save(out / drawn[-1]["image"])
             chosen, _ = pick.pick_edit(base, noise_scheduler, photo, latents, pool, edit.e_tgt, edit.e_opt,
                                        seed=case.seed + 2, weight_dtype=torch.float32,
                                        num_timesteps=record["pick_timesteps"],
                                        keep_fraction=record["pick_keep_fraction"],
                                        place_distance=record["pick_place_distance"])
             best = max(range(len(pool)), key=lambda i: chosen.text_scores[i])
-            for i, (eta, k) in enumerate(itertools.product(args.etas, range(args.num_seeds))):
-                records.append({"case": case.index, "kind": case.attribute, "strength": strength, "eta": eta,
-                                "seed": k, "image": names[i], "edited": bool(judged[i]["success"]),
-                                "place": bool(judged[i]["place"]), "both": bool(judged[i]["both"]),
-                                "text_score": chosen.text_scores[i], "distance": chosen.distances[i],
-                                "reference": chosen.reference})
+            for r, score, distance in zip(drawn, chosen.text_scores, chosen.distances):
+                records.append({**r, "text_score": score, "distance": distance, "reference": chosen.reference})
+            verdicts = [r["both"] for r in drawn]
             pick_tally.setdefault(f"{case.attribute} {strength}", []).append(
                 [case.index, verdicts[chosen.index], verdicts[best], any(verdicts)])
     (out / "tally.json").write_text(json.dumps({"images": images_tally, "pick": pick_tally}, indent=0) + "\n")

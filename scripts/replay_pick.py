@@ -124,11 +124,8 @@ def rules(case: dict, blur_place: float) -> dict[str, int]:
     out["max score"] = max(range(n), key=lambda i: scores[i])
     # In place by extent (pick.extent_centres; scripts/replay_pool.py): the best score among the candidates whose
     # extent's centre lies within 6 px of the input's, when one beats the input; else the rule in use.
-    centres = pick.extent_centres(case["images"] + [case["input"]])
-    shift = (centres[:-1] - centres[-1]).norm(dim=1).tolist()
-    inside = [i for i in range(n) if shift[i] <= PLACE_PX / pick.STRUCTURE_SIZE]
-    out["in place by extent, best score"] = (max(inside, key=lambda i: scores[i])
-                                             if inside and max(scores[i] for i in inside) > ref else out["current"])
+    out["in place by extent, best score"] = pick.choose_by_extent(
+        scores, pick.extent_shifts(case["images"], case["input"]), structure, ref)
     # Consensus: of the edited candidates, the one the others agree with most. An edit that keeps the photo
     # keeps it the same way in every seed; a moved or rotated-elsewhere object moves differently per seed.
     for blur in (0.1, 0.2):

@@ -41,13 +41,16 @@ from PIL import Image  # noqa: E402
 from imagic_lora import pick  # noqa: E402
 
 KINDS = ["shape", "color", "size", "background", "direction"]
-# In place by extent: the centre of the candidate's extent (pick.extent_centres) within this share of the frame
-# of the input's (the benchmark's 6 px of 64).
-EXTENT_PLACE = 6 / 64
 POOLS = [[1.0], [0.9], [0.8], [0.7], [1.0, 0.8], [0.9, 0.8], [1.0, 0.9, 0.8, 0.7]]
 
 
-def null_scores(run: Path, artifacts: Path, model: str, cases: dict[int, list[dict]]) -> None:
+def load_images(run: Path, cases: dict[int, list[dict]]) -> dict[int, list[Image.Image]]:
+    """Each case's candidates, in its records' order, then its input last."""
+    return {index: [Image.open(run / r["image"]).convert("RGB") for r in rows]
+            + [Image.open(run / f"input{index}.png").convert("RGB")] for index, rows in cases.items()}
+
+
+def null_scores(artifacts: Path, model: str, cases: dict[int, list[dict]], images: dict[int, list]) -> None:
     """Add "null_score" to every record and "null_reference" (the input's) to each case's first."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
@@ -61,10 +64,8 @@ def null_scores(run: Path, artifacts: Path, model: str, cases: dict[int, list[di
     e_null = encode_prompt(base, "", "cpu")
     for index, rows in sorted(cases.items()):
         edit = read_edit(artifacts / f"case{index}")
-        images = [Image.open(run / r["image"]).convert("RGB") for r in rows]
-        images.append(Image.open(run / f"input{index}.png").convert("RGB"))
         with torch.no_grad():
-            latents = torch.cat([encode_image_latents(base.vae, pil_to_tensor(i)) for i in images])
+            latents = torch.cat([encode_image_latents(base.vae, pil_to_tensor(i)) for i in images[index]])
         # The pick's timesteps and noises (seed + 2, as img2img_start.py scores), e_opt's place taken by e_null.
         s0 = pick.text_scores(base.unet, noise_scheduler, latents, edit.e_tgt, e_null,
                               num_timesteps=edit.config["pick_timesteps"], weight_dtype=torch.float32,
@@ -74,34 +75,28 @@ def null_scores(run: Path, artifacts: Path, model: str, cases: dict[int, list[di
         rows[0]["null_reference"] = s0[-1]
 
 
-def extent_shifts(run: Path, cases: dict[int, list[dict]]) -> None:
+def extent_shifts(cases: dict[int, list[dict]], images: dict[int, list]) -> None:
     """Add "extent_shift" to every record: how far its extent's centre lies from the input's, in frames."""
     for index, rows in cases.items():
-        images = [Image.open(run / r["image"]).convert("RGB") for r in rows]
-        centres = pick.extent_centres(images + [Image.open(run / f"input{index}.png").convert("RGB")])
-        for r, shift in zip(rows, (centres[:-1] - centres[-1]).norm(dim=1).tolist()):
+        for r, shift in zip(rows, pick.extent_shifts(images[index][:-1], images[index][-1])):
             r["extent_shift"] = shift
 
 
 def extent_rule(score: str, reference: str):
-    """Among the candidates in place by their extent that beat the input's score, the best score; otherwise
-    (none) the CLI's rule."""
-    fallback = cli_rule(score, reference)
-
+    """pick.choose_by_extent on the records' scores, extent shifts and structure distances."""
     def rule(pool, first):
-        in_place = [r for r in pool if r["extent_shift"] <= EXTENT_PLACE]
-        if in_place and max(r[score] for r in in_place) > first[reference]:
-            return max(in_place, key=lambda r: r[score])
-        return fallback(pool, first)
+        return pool[pick.choose_by_extent([r[score] for r in pool], [r["extent_shift"] for r in pool],
+                                          [r["distance"] for r in pool], first[reference])]
     return rule
 
 
-def within_case_auc(cases: dict[int, list[dict]], key: str, label: str) -> tuple[float, int]:
-    """Mean over cases (with both classes) of P(score of a positive > score of a negative); nan if none has both."""
+def within_case_auc(cases: dict[int, list[dict]], key: str, label: str, sign: float = 1.0) -> tuple[float, int]:
+    """Mean over cases (with both classes) of P(sign x key of a positive > that of a negative); nan if none has
+    both (sign -1: a smaller value marks a positive, as a distance does)."""
     aucs = []
     for rows in cases.values():
-        pos = [r[key] for r in rows if r[label]]
-        neg = [r[key] for r in rows if not r[label]]
+        pos = [sign * r[key] for r in rows if r[label]]
+        neg = [sign * r[key] for r in rows if not r[label]]
         if pos and neg:
             aucs.append(sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg)))
     return (sum(aucs) / len(aucs) if aucs else float("nan")), len(aucs)
@@ -157,16 +152,15 @@ def main(argv=None) -> int:
     strengths = sorted({r["strength"] for rows in cases.values() for r in rows}, reverse=True)
     pools = [s for s in POOLS if set(s) <= set(strengths)]
     scores = [("text_score", "reference")]
+    images = load_images(run, cases)
     if args.model:
-        null_scores(run, Path(args.artifacts or run), args.model, cases)
+        null_scores(Path(args.artifacts or run), args.model, cases, images)
         scores.append(("null_score", "null_reference"))
-    extent_shifts(run, cases)
+    extent_shifts(cases, images)
     records = [r for rows in cases.values() for r in rows]
     for name, key, bar in (("structure distance", "distance", pick.PLACE_DISTANCE),
-                           ("extent shift", "extent_shift", EXTENT_PLACE)):
-        for r in records:
-            r["-" + key] = -r[key]
-        auc, n = within_case_auc(cases, "-" + key, "place")
+                           ("extent shift", "extent_shift", pick.EXTENT_PLACE)):
+        auc, n = within_case_auc(cases, key, "place", sign=-1.0)
         agree = sum((r[key] <= bar) == r["place"] for r in records) / len(records)
         print(f"{name} tells images in place from moved ones: mean within-case AUC {auc:.2f} ({n} cases); "
               f"at {bar:.3f} it agrees with the judge on {agree:.0%} of images")

@@ -51,7 +51,7 @@ def test_the_cli_rule_is_the_pick_and_the_tally_counts_cases_by_kind(tmp_path, c
     assert "extent shift tells images in place from moved ones" in out
     # Case 1: the moved candidate (strength 1.0) scores best but is out of place; the extent rule takes the other.
     extent = replay.extent_rule("text_score", "reference")
-    replay.extent_shifts(tmp_path, cases)
+    replay.extent_shifts(cases, replay.load_images(tmp_path, cases))
     assert [r["extent_shift"] for r in cases[1]] == [20 / 64, 0.0]
     assert extent(cases[1], cases[1][0]) is cases[1][1]
     person = [line for line in out.splitlines() if "a person (the judge)" in line]
