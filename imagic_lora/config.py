@@ -202,10 +202,11 @@ class ImagicConfig:
     pick_edit: bool = _field(
         True, "Pick one image (eta > 0) as the edit, images/edit.png, by the model's own scores (base model, e_tgt "
               "against e_opt) and edge structure (docs/pick.md).", "pick")
-    pick_place_distance: float = _field(
-        0.25, "The pick, step 1: candidates whose edge structure lies within this distance of the input's "
-              "(1 - correlation of blurred edge maps, in [0, 2]) kept its layout; when one of them beats the "
-              "input's text score, the pick is made among them alone (0 turns this step off).", "pick")
+    pick_place_shift: float = _field(
+        6 / 64, "The pick, step 1: candidates whose extent (the box around the image's strongest edges) has its "
+                "centre within this share of the frame of the input's kept the object in place, whatever its "
+                "outline; when one of them beats the input's text score, the best-scoring of them is the pick "
+                "(0 turns this step off).", "pick")
     pick_timesteps: int | None = _field(
         None, "The pick scores each image at this many noise levels (the noisier half of the schedule).", "pick")
     pick_keep_fraction: float = _field(
@@ -322,8 +323,8 @@ class ImagicConfig:
         if not (math.isfinite(self.timestep_bias_multiplier) and self.timestep_bias_multiplier > 0):
             raise ImagicInputError("--timestep_bias_multiplier", f"must be a positive number, got "
                                                                  f"{self.timestep_bias_multiplier}")
-        if not (math.isfinite(self.pick_place_distance) and 0 <= self.pick_place_distance <= 2):
-            raise ImagicInputError("--pick_place_distance", f"must be in [0, 2] (0: off), got {self.pick_place_distance}")
+        if not (math.isfinite(self.pick_place_shift) and 0 <= self.pick_place_shift <= 2):
+            raise ImagicInputError("--pick_place_shift", f"must be in [0, 2] (0: off), got {self.pick_place_shift}")
         if self.lora_budget is not None and not (math.isfinite(self.lora_budget) and 0 < self.lora_budget <= 1):
             raise ImagicInputError("--lora_budget", f"must be in (0, 1] (1: the whole adapter), got {self.lora_budget}")
         if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
@@ -408,7 +409,7 @@ ARTIFACT_DIFFERENCES = ROUNDING_ONLY | {
     "output_dir", "input_image", "dry_run", "preset"}
 #: Settings that change only step C and the pick, which a resume redoes from the checkpoint of step B.
 STEP_C_SETTINGS = frozenset({"etas", "num_seeds", "recommended_eta", "guidance_scale", "num_inference_steps",
-                             "scheduler", "pick_edit", "pick_keep_fraction", "pick_place_distance",
+                             "scheduler", "pick_edit", "pick_keep_fraction", "pick_place_shift",
                              "lora_budget", "num_reconstruction_seeds", "pick_timesteps", "strength"})
 #: Settings that do not change what steps A and B compute: a checkpoint made under other values resumes.
 RESUMABLE_DIFFERENCES = ARTIFACT_DIFFERENCES | STEP_C_SETTINGS

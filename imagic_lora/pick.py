@@ -14,9 +14,11 @@ automatically as future work. Here every candidate image y (η > 0) gets two num
 - a structure distance to the input: 1 − the correlation of the two images' edge maps (gradient
   magnitude, blurred by a tenth of the frame; :func:`structure_distances`). It asks whether the
   outlines lie where the input's do, at any contrast: a recoloured object or a new background
-  moves every pixel but no edge, so it stays at 0, while a moved object is far. The earlier
-  distance, the mean squared difference of the VAE latents, ranked a recolour or a new background
-  that kept the object in place behind one that moved it, because the colour change dominated it.
+  moves every pixel but no edge, so it stays at 0, while a moved object is far;
+- a place shift: how far the centre of the image's *extent* (the box around its strongest edges,
+  :func:`extent_centres`) lies from the input's, as a share of the frame. It asks where the object
+  is, whatever its outline: a shape turned or redrawn in place keeps its box's centre, where its
+  edge map no longer correlates with the input's.
 
 The input itself is scored too, with the same noises: s(x) is what "unedited" scores. It is the
 reference, not 0, because e_opt carries more of the photo than its attributes (on the shapes
@@ -25,19 +27,16 @@ moves it, often below 0, while the input scores lower still.
 
 The rule, in two steps:
 
-1. *In place first.* The candidates within ``place_distance`` of the input in structure are the ones
-   that kept the photo's layout. If any of them beats the input's score, the pick is made among them
-   alone: those scoring at least ``PLACE_KEEP_FRACTION`` (0.9) of the way from s(x) to the best score
-   *among them* count as edited, and the nearest of those is the pick. Measuring the bar among the
-   in-place candidates matters because a moved object scores high on its own account (e_opt expects
-   it where it was), so a moved edit would otherwise set a bar an edit made in place cannot reach;
-   the high fraction then takes, among the in-place ones, the clearest edit, not an unedited twin of
-   the input (a size edit moves edges, so an unedited image is always nearer).
-2. *Otherwise* (no candidate kept the layout, as after an edit that must move edges; none of those
-   beats the input's score; or ``place_distance`` 0): a candidate counts as edited when its score lies
-   at least ``keep_fraction`` of the way from s(x) to the best score, and the edited one nearest the
-   input in structure is the pick. When no candidate beats the input's own score, it is the
-   best-scoring one.
+1. *In place first.* The candidates whose place shift is at most ``place_shift`` kept the photo's
+   layout, whether their outlines changed or not. If any of them beats the input's score, the pick is
+   the best-scoring of them. Deciding among the in-place candidates alone matters because a moved
+   object scores high on its own account (e_opt expects it where it was). No outline is rewarded for
+   being the input's: an edit that must change the outline (a triangle turned, a shape grown or
+   redrawn) competes with a recolour on its score alone.
+2. *Otherwise* (no candidate kept the layout; none of those beats the input's score; or
+   ``place_shift`` 0): a candidate counts as edited when its score lies at least ``keep_fraction`` of
+   the way from s(x) to the best score, and the edited one nearest the input in structure is the pick.
+   When no candidate beats the input's own score, it is the best-scoring one.
 
 Why these constants, with the figures behind each: docs/pick.md.
 """
@@ -60,12 +59,9 @@ from .images import pil_to_tensor
 # fractions drop size edits, which score lower than recolours (docs/pick.md).
 KEEP_FRACTION = 0.6
 
-# Step 1: a candidate within this structure distance of the input kept its layout (it separates the images the
-# judge reads in place from the moved ones on the tuning cases; docs/pick.md).
-PLACE_DISTANCE = 0.25
-# Step 1: among the in-place candidates, edited means at least this fraction of the way to their best, so that
-# the clearest edit wins over an unedited twin of the input.
-PLACE_KEEP_FRACTION = 0.9
+# Step 1: in place when the extent's centre lies within this share of the frame of the input's (the benchmark's
+# 6 px of 64; docs/pick.md).
+PLACE_SHIFT = 6 / 64
 
 
 @dataclass
@@ -75,8 +71,9 @@ class Pick:
     distances: list[float]  # structure distance to the input per candidate (structure_distances)
     kept: list[bool]  # candidates counted as edited by the step that decided (see choose)
     reference: float = 0.0  # s of the input itself: what "unedited" scores
-    in_place: list[bool] | None = None  # candidates within place_distance of the input (None: step 1 off)
+    in_place: list[bool] | None = None  # candidates within place_shift of the input (None: step 1 off)
     chosen_in_place: bool = False  # step 1 decided: the pick was made among the in-place candidates alone
+    shifts: list[float] | None = None  # place shift per candidate (extent_shifts; None: not measured)
 
 
 def _json_number(x: float) -> float | None:
@@ -85,11 +82,12 @@ def _json_number(x: float) -> float | None:
 
 
 def ranking(pick: Pick) -> list[int]:
-    """The candidates in the rule's order of preference: the pick, the other kept ones nearest first,
-    then the rest by text score."""
+    """The candidates in the rule's order of preference: the pick, the other kept ones (best score first when
+    step 1 decided, else nearest first), then the rest by text score."""
     n = len(pick.text_scores)
     score = [s if math.isfinite(s) else -math.inf for s in pick.text_scores]
-    kept = sorted((i for i in range(n) if pick.kept[i] and i != pick.index), key=lambda i: pick.distances[i])
+    order = (lambda i: -score[i]) if pick.chosen_in_place else (lambda i: pick.distances[i])
+    kept = sorted((i for i in range(n) if pick.kept[i] and i != pick.index), key=order)
     rest = sorted((i for i in range(n) if not pick.kept[i] and i != pick.index), key=lambda i: -score[i])
     return [pick.index] + kept + rest
 
@@ -98,18 +96,20 @@ def pick_record(pick: Pick, candidates: list[tuple[float, int]], image: str, sco
                 calibrated: bool = True) -> dict:
     """What imagic_config.json keeps of a pick among ``candidates`` [(eta, seed), ...]: the picked
     (eta, seed), where its copy is, which step of the rule decided ("chosen_in_place": step 1), every
-    candidate's numbers ("in_place": within the place distance; null when step 1 is off), and the
+    candidate's numbers ("place_shift": the extent's shift; "in_place": within the flag's bound, null when step 1
+    is off), and the
     candidates ranked. ``calibrated``: the rule's thresholds were tuned on this kind of model (the shapes
     world); elsewhere the pick is a suggestion to check against the ranking."""
     eta, seed = candidates[pick.index]
     in_place = pick.in_place if pick.in_place is not None else [None] * len(candidates)
+    shifts = pick.shifts if pick.shifts is not None else [math.nan] * len(candidates)
     return {"image": image, "eta": eta, "seed": seed, "scored_with": scored_with, "calibrated": calibrated,
             "ranking": [{"eta": candidates[i][0], "seed": candidates[i][1]} for i in ranking(pick)],
             "input_text_score": _json_number(pick.reference), "chosen_in_place": pick.chosen_in_place,
             "candidates": [{"eta": e, "seed": s, "text_score": _json_number(t), "structure_distance": _json_number(d),
-                            "kept": k, "in_place": p}
-                           for (e, s), t, d, k, p in zip(candidates, pick.text_scores, pick.distances, pick.kept,
-                                                         in_place)]}
+                            "place_shift": _json_number(h), "kept": k, "in_place": p}
+                           for (e, s), t, d, h, k, p in zip(candidates, pick.text_scores, pick.distances, shifts,
+                                                            pick.kept, in_place)]}
 
 
 # The structure distance works at this resolution (an image is area-resized down to it first), so that its
@@ -149,7 +149,7 @@ def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
 
 
 # The extent of an image: the box around its edges at least this fraction of the way from its weakest to its
-# strongest gradient (measured on world version 2's tuning cases; not yet in the rule: scripts/replay_pool.py).
+# strongest gradient (measured on world version 2's tuning cases: docs/pick.md).
 EXTENT_FRACTION = 0.5
 
 
@@ -167,24 +167,10 @@ def extent_centres(images: list[Image.Image]) -> torch.Tensor:
     return torch.tensor(centres) / magnitude.shape[-1]
 
 
-# In place by extent: the extent's centre within this share of the frame of the input's (the benchmark's 6 px of 64).
-EXTENT_PLACE = 6 / 64
-
-
 def extent_shifts(candidates: list[Image.Image], reference: Image.Image) -> list[float]:
     """How far each candidate's extent's centre lies from the reference's, in shares of the frame."""
     centres = extent_centres(candidates + [reference])
     return (centres[:-1] - centres[-1]).norm(dim=1).tolist()
-
-
-def choose_by_extent(text_scores: list[float], shifts: list[float], distances: list[float],
-                     reference: float = 0.0) -> int:
-    """Measured, not yet the CLI's rule (scripts/replay_pool.py): among the candidates in place by their extent
-    (``shifts`` within EXTENT_PLACE) that beat ``reference``, the best score; when none does, :func:`choose`'s pick."""
-    inside = [i for i, shift in enumerate(shifts) if shift <= EXTENT_PLACE]
-    if inside and max(text_scores[i] for i in inside) > reference:
-        return max(inside, key=lambda i: text_scores[i])
-    return choose(text_scores, distances, reference=reference).index
 
 
 def gaussian_blur(maps: torch.Tensor, blur: float) -> torch.Tensor:
@@ -259,44 +245,41 @@ def _edited(scores: list[float], candidates: list[bool], reference: float, fract
 
 
 def choose(text_scores: list[float], distances: list[float], keep_fraction: float = KEEP_FRACTION,
-           reference: float = 0.0, place_distance: float = PLACE_DISTANCE,
-           place_keep_fraction: float = PLACE_KEEP_FRACTION) -> Pick:
-    """The rule of the module docstring on given scores and distances (equal lengths, >= 1).
+           reference: float = 0.0, shifts: list[float] | None = None, place_shift: float = PLACE_SHIFT) -> Pick:
+    """The rule of the module docstring on given scores, structure distances and place shifts (equal lengths,
+    >= 1).
 
-    ``reference`` is the score of an unedited image, the input's own. Step 1: when a candidate lies
-    within ``place_distance`` of the input (0 turns step 1 off) and one of those beats the reference,
-    the pick is made among those alone, with ``place_keep_fraction``. Step 2, otherwise (none in place,
-    or none of those beats the reference): among all, a candidate counts as edited when its score lies
-    at least ``keep_fraction`` of the way from the reference to the best score; the pick is the nearest
-    edited one, or the best-scoring one when none beats the reference. A non-finite score counts as the
-    lowest."""
-    if not text_scores or len(text_scores) != len(distances):
-        raise ValueError("choose() needs one score and one distance per candidate, at least one")
+    ``reference`` is the score of an unedited image, the input's own. Step 1: when a candidate's shift lies
+    within ``place_shift`` (no ``shifts``, or 0, turns step 1 off) and one of those beats the reference, the
+    pick is the best-scoring of those. Step 2, otherwise: among all, a candidate counts as edited when its
+    score lies at least ``keep_fraction`` of the way from the reference to the best score; the pick is the
+    edited one nearest in structure, or the best-scoring one when none beats the reference. A non-finite score
+    counts as the lowest."""
     n = len(text_scores)
+    if not n or len(distances) != n or (shifts is not None and len(shifts) != n):
+        raise ValueError("choose() needs one score, one distance and one shift (if any) per candidate, at least one")
     scores = [s if math.isfinite(s) else -math.inf for s in text_scores]
-    in_place = [d <= place_distance for d in distances] if place_distance > 0 else None
-
-    def nearest(kept: list[bool]) -> int:
-        return min((i for i in range(n) if kept[i]), key=lambda i: distances[i])
+    in_place = [d <= place_shift for d in shifts] if shifts is not None and place_shift > 0 else None
 
     if in_place and any(in_place) and max(s for s, p in zip(scores, in_place) if p) > reference:
-        kept = _edited(scores, in_place, reference, place_keep_fraction)
-        return Pick(nearest(kept), list(text_scores), list(distances), kept, reference, in_place, True)
+        kept = [p and s > reference for s, p in zip(scores, in_place)]
+        index = max((i for i in range(n) if in_place[i]), key=lambda i: scores[i])
+        return Pick(index, list(text_scores), list(distances), kept, reference, in_place, True, shifts)
     best = max(scores)
     if best > reference:
         kept = _edited(scores, [True] * n, reference, keep_fraction)
-        index = nearest(kept)
+        index = min((i for i in range(n) if kept[i]), key=lambda i: distances[i])
     else:
         kept = [False] * n
         index = scores.index(best)
-    return Pick(index, list(text_scores), list(distances), kept, reference, in_place)
+    return Pick(index, list(text_scores), list(distances), kept, reference, in_place, False, shifts)
 
 
 @torch.no_grad()
 def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: torch.Tensor, candidates: list,
               e_tgt: PromptEmbeds, e_opt: PromptEmbeds, *, seed: int, weight_dtype: torch.dtype,
               add_time_ids: torch.Tensor | None = None, num_timesteps: int = 16,
-              keep_fraction: float = KEEP_FRACTION, place_distance: float = PLACE_DISTANCE,
+              keep_fraction: float = KEEP_FRACTION, place_shift: float = PLACE_SHIFT,
               batch_size: int = 8, progress: bool = False) -> tuple[Pick, str]:
     """Pick the edit among ``candidates`` (PIL images at the input's resolution) for the input: the
     PIL image steps A and B trained on and its latent (1, C, h, w). The pipeline's VAE and UNet must
@@ -308,6 +291,7 @@ def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: to
     device = input_latents.device
     pixels = torch.cat([pil_to_tensor(c) for c in candidates])  # (N, 3, H, W) in [-1, 1], on the CPU
     distances = structure_distances(pixels, pil_to_tensor(input_image))  # at 64 px: cheap at any size
+    shifts = extent_shifts(list(candidates), input_image)
     latents = torch.cat([encode_image_latents(pipe.vae, pixels[i:i + 1].to(device)) for i in range(len(pixels))])
     latents = torch.cat([latents, input_latents.float()])  # the input last: its score is the reference
     unet = pipe.unet
@@ -323,6 +307,6 @@ def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: to
         if has_lora:
             unet.enable_adapters()
     scores = scores.tolist()
-    return choose(scores[:-1], distances.tolist(), keep_fraction, reference=scores[-1],
-                  place_distance=place_distance), \
+    return choose(scores[:-1], distances.tolist(), keep_fraction, reference=scores[-1], shifts=shifts,
+                  place_shift=place_shift), \
         "base" if has_lora else "fine-tuned"

@@ -325,7 +325,7 @@ class ImagicRecipe:
                                                   [Image.open(images[pair]).convert("RGB") for pair in candidates],
                                                   e_tgt, e_opt, seed=cfg.seed + 2, weight_dtype=weight_dtype,
                                                   add_time_ids=add_time_ids, keep_fraction=cfg.pick_keep_fraction,
-                                                  place_distance=cfg.pick_place_distance,
+                                                  place_shift=cfg.pick_place_shift,
                                                   num_timesteps=cfg.pick_timesteps,
                                                   batch_size=score_batch,  # A: seed, B: seed+1
                                                   progress=accelerator.is_local_main_process)

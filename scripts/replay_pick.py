@@ -27,6 +27,7 @@ from PIL import Image  # noqa: E402
 
 from imagic_lora import pick, shapes  # noqa: E402
 from imagic_lora.images import pil_to_tensor  # noqa: E402
+from replay_pool import choose_by_structure  # noqa: E402  (beside this script)
 
 PLACE_PX = 6.0
 
@@ -93,7 +94,9 @@ def rules(case: dict, blur_place: float) -> dict[str, int]:
     structure = pick.structure_distances(pixels, reference).tolist()
     layout = pick.structure_distances(pixels, reference, blur=blur_place).tolist()
     scores, ref = case["scores"], case["reference"]
-    out = {"current": pick.choose(scores, structure, reference=ref).index}
+    shifts = pick.extent_shifts(case["images"], case["input"])
+    out = {"current": pick.choose(scores, structure, reference=ref, shifts=shifts).index,
+           "before, by structure": choose_by_structure(scores, structure, ref)}
     n = len(scores)
     for tau in (0.1, 0.15, 0.2, 0.25, 0.3):
         inside = [i for i in range(n) if layout[i] <= tau]
@@ -122,10 +125,6 @@ def rules(case: dict, blur_place: float) -> dict[str, int]:
         for lam in (0.5, 1.0, 2.0, 4.0):
             out[f"max share - {lam} x layout"] = out[f"max share - {lam} x structure"] = scores.index(best)
     out["max score"] = max(range(n), key=lambda i: scores[i])
-    # In place by extent (pick.extent_centres; scripts/replay_pool.py): the best score among the candidates whose
-    # extent's centre lies within 6 px of the input's, when one beats the input; else the rule in use.
-    out["in place by extent, best score"] = pick.choose_by_extent(
-        scores, pick.extent_shifts(case["images"], case["input"]), structure, ref)
     # Consensus: of the edited candidates, the one the others agree with most. An edit that keeps the photo
     # keeps it the same way in every seed; a moved or rotated-elsewhere object moves differently per seed.
     for blur in (0.1, 0.2):

@@ -9,11 +9,11 @@
 Reads <run>/candidates.jsonl (one line per image: case, kind, strength, eta, seed, the judge's verdicts, the
 pick's text score and structure distance, the input's score). For each pool (the images of one strength, or of
 several together) prints how many cases each rule gets edited and in place, by kind: a person choosing with
-the judge; the CLI's rule (imagic_lora.pick.choose, its constants); "in place by extent, best score" (among the
-candidates whose extent's centre, imagic_lora.pick.extent_centres, lies within 6 px of the input's and that beat
-the input's score, the best score; else the CLI's rule); the best text score alone; a "ladder"
+the judge; the CLI's rule (imagic_lora.pick.choose: step 1 among the candidates whose extent's centre,
+imagic_lora.pick.extent_centres, lies within 6 px of the input's, the best score when one beats the input's);
+the rule before it (step 1 by structure distance, choose_by_structure); the best text score alone; a "ladder"
 that takes the lowest strength whose best score is at least f of the way from the input's score to the best
-of the pool (the least change that edits), then the CLI's rule within it; and the CLI's rule at other
+of the pool (the least change that edits), then the rule before within it; and the rule before at other
 constants (step 1's place distance and keep fraction). First, how well the structure distance and the extent's
 shift tell the images the judge reads in place from the moved ones.
 
@@ -82,12 +82,17 @@ def extent_shifts(cases: dict[int, list[dict]], images: dict[int, list]) -> None
             r["extent_shift"] = shift
 
 
-def extent_rule(score: str, reference: str):
-    """pick.choose_by_extent on the records' scores, extent shifts and structure distances."""
-    def rule(pool, first):
-        return pool[pick.choose_by_extent([r[score] for r in pool], [r["extent_shift"] for r in pool],
-                                          [r["distance"] for r in pool], first[reference])]
-    return rule
+def choose_by_structure(scores: list[float], distances: list[float], reference: float,
+                        place_distance: float = 0.25, place_keep_fraction: float = 0.9) -> int:
+    """The CLI's rule before step 1 went by the extent (its figures in docs/pick.md): step 1 among the candidates
+    within ``place_distance`` in structure, when one beats ``reference``: those at least ``place_keep_fraction``
+    of the way from it to their best, the nearest; else pick.choose's step 2."""
+    inside = [i for i, d in enumerate(distances) if d <= place_distance] if place_distance > 0 else []
+    if inside and max(scores[i] for i in inside) > reference:
+        best = max(scores[i] for i in inside)
+        bar = min(reference + place_keep_fraction * (best - reference), best)
+        return min((i for i in inside if scores[i] >= bar), key=lambda i: distances[i])
+    return pick.choose(scores, distances, reference=reference).index
 
 
 def within_case_auc(cases: dict[int, list[dict]], key: str, label: str, sign: float = 1.0) -> tuple[float, int]:
@@ -102,17 +107,23 @@ def within_case_auc(cases: dict[int, list[dict]], key: str, label: str, sign: fl
     return (sum(aucs) / len(aucs) if aucs else float("nan")), len(aucs)
 
 
-def cli_rule(score: str, reference: str, place_distance=pick.PLACE_DISTANCE,
-             place_keep_fraction=pick.PLACE_KEEP_FRACTION):
+def cli_rule(score: str, reference: str):
+    """pick.choose, the CLI's rule, on the records' scores, structure distances and extent shifts."""
     def rule(pool, first):
-        chosen = pick.choose([r[score] for r in pool], [r["distance"] for r in pool], pick.KEEP_FRACTION,
-                             first[reference], place_distance, place_keep_fraction)
-        return pool[chosen.index]
+        return pool[pick.choose([r[score] for r in pool], [r["distance"] for r in pool], reference=first[reference],
+                                shifts=[r["extent_shift"] for r in pool]).index]
+    return rule
+
+
+def structure_rule(score: str, reference: str, place_distance: float = 0.25, place_keep_fraction: float = 0.9):
+    def rule(pool, first):
+        return pool[choose_by_structure([r[score] for r in pool], [r["distance"] for r in pool], first[reference],
+                                        place_distance, place_keep_fraction)]
     return rule
 
 
 def ladder(fraction: float, score: str, reference: str):
-    inner = cli_rule(score, reference)
+    inner = structure_rule(score, reference)
 
     def rule(pool, first):
         top = max(r[score] for r in pool)
@@ -158,8 +169,7 @@ def main(argv=None) -> int:
         scores.append(("null_score", "null_reference"))
     extent_shifts(cases, images)
     records = [r for rows in cases.values() for r in rows]
-    for name, key, bar in (("structure distance", "distance", pick.PLACE_DISTANCE),
-                           ("extent shift", "extent_shift", pick.EXTENT_PLACE)):
+    for name, key, bar in (("structure distance", "distance", 0.25), ("extent shift", "extent_shift", pick.PLACE_SHIFT)):
         auc, n = within_case_auc(cases, key, "place", sign=-1.0)
         agree = sum((r[key] <= bar) == r["place"] for r in records) / len(records)
         print(f"{name} tells images in place from moved ones: mean within-case AUC {auc:.2f} ({n} cases); "
@@ -170,23 +180,23 @@ def main(argv=None) -> int:
             print(f"{score} tells {label:>6} images from the rest: mean within-case AUC {auc:.2f} ({n} cases)")
     print("rule, pool of strengths: cases right (all; " + " ".join(KINDS) + ")")
     for strengths_ in pools:
-        print(f"{'a person (the judge)':>36} {str(strengths_):>22}: "
+        print(f"{'a person (the judge)':>42} {str(strengths_):>22}: "
               + tally(cases, lambda pool, first: max(pool, key=lambda r: r["both"]), strengths_))
     for score, reference in scores:
         for strengths_ in pools:
             rows = [("the CLI's rule", cli_rule(score, reference)),
-                    ("in place by extent, best score", extent_rule(score, reference)),
+                    ("the rule before, by structure", structure_rule(score, reference)),
                     ("the best score alone", lambda pool, first, s=score: max(pool, key=lambda r: r[s]))]
             if len(strengths_) > 1:
                 rows += [(f"ladder {f}", ladder(f, score, reference)) for f in (0.3, 0.5, 0.7, 0.9)]
             for name, rule in rows:
-                print(f"{name + ' (' + score + ')':>36} {str(strengths_):>22}: " + tally(cases, rule, strengths_))
-    print("the CLI's rule at other constants (text_score): place distance / place keep fraction")
+                print(f"{name + ' (' + score + ')':>42} {str(strengths_):>22}: " + tally(cases, rule, strengths_))
+    print("the rule before at other constants (text_score): place distance / place keep fraction")
     for strengths_ in pools:
         for distance in (0.0, 0.15, 0.25, 0.35, 0.5):
             for keep in (0.7, 0.9, 1.0):
-                print(f"{f'{distance} / {keep}':>36} {str(strengths_):>22}: "
-                      + tally(cases, cli_rule("text_score", "reference", distance, keep), strengths_))
+                print(f"{f'{distance} / {keep}':>42} {str(strengths_):>22}: "
+                      + tally(cases, structure_rule("text_score", "reference", distance, keep), strengths_))
     return 0
 
 

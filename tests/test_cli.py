@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from conftest import ROOT
 import imagic_lora.cli as cli
 from imagic_lora.artifact import load_edit, read_safetensors_metadata
-from imagic_lora.pick import KEEP_FRACTION, PLACE_DISTANCE, PLACE_KEEP_FRACTION
+from imagic_lora.pick import KEEP_FRACTION, PLACE_SHIFT
 
 FAST_DEFAULT_BATCH = ["--emb_train_steps", "8", "--max_train_steps", "8", "--train_batch_size", "2",
                       "--etas", "0", "0.7", "1.3", "--num_seeds", "2", "--num_inference_steps", "4",
@@ -85,8 +85,8 @@ def test_launch_writes_the_whole_artifact(launched):
     assert picked["image"] == "images/edit.png" and picked["scored_with"] == "base"
     assert [(c["eta"], c["seed"]) for c in picked["candidates"]] == [(eta, seed) for eta in (0.7, 1.3) for seed in (11, 12)]
     assert (picked["eta"], picked["seed"]) in [(c["eta"], c["seed"]) for c in picked["candidates"]]
-    assert config["pick_keep_fraction"] == KEEP_FRACTION and config["pick_place_distance"] == PLACE_DISTANCE
-    assert_kept(picked, KEEP_FRACTION, PLACE_DISTANCE)
+    assert config["pick_keep_fraction"] == KEEP_FRACTION and config["pick_place_shift"] == PLACE_SHIFT
+    assert_kept(picked, KEEP_FRACTION, PLACE_SHIFT)
     assert (out / "images" / "edit.png").read_bytes() == \
         (out / "images" / f"eta_{picked['eta']:.2f}_seed_{picked['seed']}.png").read_bytes()
     assert f"picked eta {picked['eta']}, seed {picked['seed']} as the edit" in card
@@ -194,51 +194,52 @@ def test_same_seed_gives_the_same_artifact(launched, tiny_sd, input_png, tmp_pat
         assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "again" / "images" / png.name)))
 
 
-def expected_kept(picked: dict, fraction: float, place_distance: float) -> list[bool | None]:
+def expected_kept(picked: dict, fraction: float, place_shift: float) -> list[bool | None]:
     """The rule (imagic_lora.pick.choose) redone from the record's rounded numbers; checks the record's
     step-1 fields on the way. None: the score lies within the record's rounding (6 decimals) of the bar,
     so the rounded numbers cannot tell (the tiny model scores some candidates alike to 1e-6)."""
     scores, reference = [c["text_score"] for c in picked["candidates"]], picked["input_text_score"]
-    in_place = [c["structure_distance"] <= place_distance for c in picked["candidates"]]
-    assert [c["in_place"] for c in picked["candidates"]] == (in_place if place_distance > 0 else [None] * len(scores))
-    step1 = place_distance > 0 and any(in_place) and max(s for s, p in zip(scores, in_place) if p) > reference
+    in_place = [c["place_shift"] <= place_shift for c in picked["candidates"]]
+    assert [c["in_place"] for c in picked["candidates"]] == (in_place if place_shift > 0 else [None] * len(scores))
+    step1 = place_shift > 0 and any(in_place) and max(s for s, p in zip(scores, in_place) if p) > reference
     assert picked["chosen_in_place"] == step1
-    if step1:
-        best = max(s for s, p in zip(scores, in_place) if p)
-        bar, eligible = reference + PLACE_KEEP_FRACTION * (best - reference), in_place
-    else:
-        best = max(scores)
-        bar, eligible = reference + fraction * (best - reference), [best > reference] * len(scores)
+    if step1:  # every in-place candidate above the input's score
+        bar, eligible = reference, in_place
+        return [None if ok and abs(s - bar) <= 2e-6 else bool(ok and s > bar) for s, ok in zip(scores, eligible)]
+    best = max(scores)
+    bar, eligible = reference + fraction * (best - reference), [best > reference] * len(scores)
     return [None if ok and abs(s - bar) <= 2e-6 else bool(ok and s >= bar) for s, ok in zip(scores, eligible)]
 
 
-def assert_kept(picked: dict, fraction: float, place_distance: float) -> None:
-    expected = expected_kept(picked, fraction, place_distance)
+def assert_kept(picked: dict, fraction: float, place_shift: float) -> None:
+    expected = expected_kept(picked, fraction, place_shift)
     assert sum(e is None for e in expected) < len(expected), "every candidate at the bar: the test cannot tell"
     assert all(e is None or c["kept"] == e for c, e in zip(picked["candidates"], expected)), (picked, expected)
     chosen = [c for c in picked["candidates"] if (c["eta"], c["seed"]) == (picked["eta"], picked["seed"])]
     assert len(chosen) == 1 and chosen[0]["kept"], picked  # the pick is one of the kept candidates
+    if picked["chosen_in_place"]:  # step 1: the best score among the in-place candidates
+        assert chosen[0]["text_score"] == max(c["text_score"] for c in picked["candidates"] if c["in_place"])
 
 
 def test_pick_flags_reach_the_pick(tiny_sd, input_png, tmp_path):
-    # Step 2 alone (--pick_place_distance 0) at the fraction 1.0.
+    # Step 2 alone (--pick_place_shift 0) at the fraction 1.0.
     assert run_inprocess(tiny_sd, input_png, tmp_path / "e", "--pick_keep_fraction", "1.0",
-                         "--pick_place_distance", "0") == 0
+                         "--pick_place_shift", "0") == 0
     config = json.loads((tmp_path / "e" / "imagic_config.json").read_text())
     picked = config["picked"]
-    assert config["pick_keep_fraction"] == 1.0 and config["pick_place_distance"] == 0.0
+    assert config["pick_keep_fraction"] == 1.0 and config["pick_place_shift"] == 0.0
     # Rounded to 6 decimals in the record: compare the flags it stores with the rule at 1.0.
     assert_kept(picked, 1.0, 0.0)
     # 1.0 keeps only the best score (ties aside), so the pick is a best-scoring image.
     scores = {(c["eta"], c["seed"]): c["text_score"] for c in picked["candidates"]}
     assert scores[(picked["eta"], picked["seed"])] == max(scores.values())
-    # Every candidate in place (2 is the largest distance): with this seeded tiny model the best candidate
-    # beats the input's score, so step 1 decides, among all the candidates, at its own fraction.
+    # Every candidate in place (2 is more than a frame's diagonal): with this seeded tiny model the best candidate
+    # beats the input's score, so step 1 decides, among all the candidates.
     assert max(scores.values()) > picked["input_text_score"]
-    assert run_inprocess(tiny_sd, input_png, tmp_path / "f", "--pick_place_distance", "2") == 0
+    assert run_inprocess(tiny_sd, input_png, tmp_path / "f", "--pick_place_shift", "2") == 0
     config = json.loads((tmp_path / "f" / "imagic_config.json").read_text())
     picked = config["picked"]
-    assert config["pick_place_distance"] == 2.0 and picked["chosen_in_place"]
+    assert config["pick_place_shift"] == 2.0 and picked["chosen_in_place"]
     assert all(c["in_place"] for c in picked["candidates"])
     assert_kept(picked, KEEP_FRACTION, 2.0)
 

@@ -50,7 +50,7 @@ def corrupt_png(path):
     ("zero-seeds", "--num_seeds"), ("bad-resolution", "--resolution"),
     ("bias-multiplier", "--timestep_bias_multiplier"), ("bias-range", "--timestep_bias_end"),
     ("bias-begin", "--timestep_bias_begin"), ("bias-portion", "--timestep_bias_portion"),
-    ("keep-fraction", "--pick_keep_fraction"), ("place-distance", "--pick_place_distance"),
+    ("keep-fraction", "--pick_keep_fraction"), ("place-shift", "--pick_place_shift"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(script, capsys, tiny_sd, input_png, tmp_path, case, flag):
     kwargs = {"tmp": tmp_path, "input_image": str(input_png)}
@@ -79,8 +79,8 @@ def test_bad_input_is_one_line_naming_the_flag(script, capsys, tiny_sd, input_pn
         kwargs["pretrained_model_name_or_path"] = str(tmp_path / "no-model")
     elif case == "keep-fraction":
         kwargs["pick_keep_fraction"] = "1.5"
-    elif case == "place-distance":
-        kwargs["pick_place_distance"] = "-0.1"
+    elif case == "place-shift":
+        kwargs["pick_place_shift"] = "-0.1"
     elif case == "zero-seeds":
         kwargs["num_seeds"] = "0"
     elif case == "bad-resolution":

@@ -17,32 +17,32 @@ from imagic_lora.diffusion import encode_image_latents
 from imagic_lora.images import pil_to_tensor
 from imagic_lora.lora import add_lora
 from imagic_lora.models import load_pipeline, training_noise_scheduler
-from imagic_lora.pick import (choose, extent_centres, pick_edit, pick_record, score_timesteps, structure_distances,
+from imagic_lora.pick import (PLACE_SHIFT, choose, extent_centres, pick_edit, pick_record, score_timesteps, structure_distances,
                                text_scores)
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-# The first three tests are step 2 of the rule (place_distance=0, or no in-place candidate beats the input);
+# The first three tests are step 2 of the rule (no shifts, or no in-place candidate beats the input);
 # step 1 has its own tests below.
 def test_choose_takes_the_nearest_of_the_edited():
     # scores: 0.1 is the best; 0.06 and 0.05 are >= half of it; 0.04 and -1 are not.
-    pick = choose([0.04, 0.1, 0.06, -1.0, 0.05], [0.0, 0.9, 0.5, 0.1, 0.7], keep_fraction=0.5, place_distance=0)
+    pick = choose([0.04, 0.1, 0.06, -1.0, 0.05], [0.0, 0.9, 0.5, 0.1, 0.7], keep_fraction=0.5)
     assert pick.kept == [False, True, True, False, True] and pick.in_place is None
     assert pick.index == 2  # nearest among the kept, not the nearest overall (index 0)
-    assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=0.3, place_distance=0).index == 0
-    assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=1.0, place_distance=0).index == 1
+    assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=0.3).index == 0
+    assert choose([0.04, 0.1, 0.06], [0.0, 0.9, 0.5], keep_fraction=1.0).index == 1
 
 
 def test_choose_measures_edited_from_the_inputs_own_score():
     # The input scores -0.6; the best candidate -0.1: edited means at least -0.35 (half-way).
     scores, distances = [-0.5, -0.25, -0.1, -0.45], [0.1, 0.6, 0.9, 0.05]
-    pick = choose(scores, distances, keep_fraction=0.5, reference=-0.6, place_distance=0)
+    pick = choose(scores, distances, keep_fraction=0.5, reference=-0.6)
     assert pick.kept == [False, True, True, False] and pick.index == 1 and pick.reference == -0.6
     # Against 0 (no reference) no candidate looks edited, so the best score alone would win.
-    assert choose(scores, distances, keep_fraction=0.5, place_distance=0).index == 2
+    assert choose(scores, distances, keep_fraction=0.5).index == 2
     # The default fraction (0.6) asks for more: at least -0.6 + 0.6 * 0.5 = -0.3, so -0.28 counts, -0.32 not.
-    assert choose([-0.5, -0.32, -0.1, -0.28], distances, reference=-0.6, place_distance=0).kept == \
+    assert choose([-0.5, -0.32, -0.1, -0.28], distances, reference=-0.6).kept == \
         [False, False, True, True]
     # A candidate that does not beat the input's own score is never counted as edited.
     assert choose([-0.7, -0.65], [0.0, 0.1], reference=-0.6).kept == [False, False]
@@ -50,63 +50,65 @@ def test_choose_measures_edited_from_the_inputs_own_score():
 
 
 def test_choose_without_an_edited_candidate_takes_the_best_score():
-    pick = choose([-0.3, -0.1, -0.2], [0.0, 0.9, 0.5])
+    pick = choose([-0.3, -0.1, -0.2], [0.0, 0.9, 0.5], shifts=[0.0, 0.5, 0.5])
     assert pick.index == 1 and pick.kept == [False, False, False]
     assert pick.in_place == [True, False, False] and not pick.chosen_in_place  # in place, but not edited
     with pytest.raises(ValueError):
         choose([0.1], [0.1, 0.2])
     with pytest.raises(ValueError):
+        choose([0.1, 0.2], [0.1, 0.2], shifts=[0.0])
+    with pytest.raises(ValueError):
         choose([], [])
 
 
 def test_choose_decides_among_the_candidates_in_place_first():
-    # A moved edit (d 0.6) scores far above the rest, as a moved object does under e_opt; the in-place ones:
-    # a grown object (d 0.2), an unedited twin of the input (d 0.03) and another edit (d 0.1).
-    scores, distances, reference = [0.9, 0.3, 0.05, 0.28], [0.6, 0.2, 0.03, 0.1], -0.1
+    # A moved edit (shift 0.3) scores far above the rest, as a moved object does under e_opt; in place: a turned
+    # triangle (shift 0.02, its outline far from the input's: structure 0.6), an unedited twin of the input (0.03)
+    # and a recolour (0.0).
+    scores, distances, shifts, reference = [0.9, 0.3, 0.05, 0.28], [0.7, 0.6, 0.03, 0.0], [0.3, 0.02, 0.0, 0.0], -0.1
     # Step 2 alone: the moved one sets the bar (-0.1 + 0.6 * 1.0 = 0.5) and is all that passes it.
-    assert choose(scores, distances, reference=reference, place_distance=0).index == 0
-    # Step 1: the bar comes from the in-place candidates' best, 0.3: -0.1 + 0.9 * 0.4 = 0.26; the nearer of
-    # the two above it is the pick, not the moved one and not the unedited twin.
-    pick = choose(scores, distances, reference=reference)
-    assert pick.in_place == [False, True, True, True] and pick.chosen_in_place
-    assert pick.kept == [False, True, False, True] and pick.index == 3
-    # The in-place fraction matters: at 0 the nearest in-place candidate above the input's score wins.
-    assert choose(scores, distances, reference=reference, place_keep_fraction=0.0).index == 2
-    # The distance is a flag's: at 0.15 only d 0.03 and 0.1 are in place, and 0.28 is their best.
-    assert choose(scores, distances, reference=reference, place_distance=0.15).index == 3
-    assert choose(scores, distances, reference=reference, place_distance=0.15).kept == [False, False, False, True]
+    assert choose(scores, distances, reference=reference).index == 0
+    assert choose(scores, distances, reference=reference, shifts=shifts, place_shift=0).index == 0
+    # Step 1: the best score in place, the turned one, though its outline is the farthest from the input's.
+    pick = choose(scores, distances, reference=reference, shifts=shifts)
+    assert pick.in_place == [False, True, True, True] and pick.chosen_in_place and pick.index == 1
+    assert pick.kept == [False, True, True, True]  # in place and above the input's score
+    # The bound is a flag's: at 0.01 only the twin and the recolour are in place, and 0.28 is their best.
+    narrow = choose(scores, distances, reference=reference, shifts=shifts, place_shift=0.01)
+    assert narrow.index == 3 and narrow.in_place == [False, False, True, True]
     # When no in-place candidate beats the input's own score, step 2 decides among all.
-    fallback = choose([0.9, -0.2, -0.3], [0.6, 0.1, 0.2], reference=reference)
+    fallback = choose([0.9, -0.2, -0.3], [0.6, 0.1, 0.2], reference=reference, shifts=[0.3, 0.0, 0.01])
     assert fallback.index == 0 and fallback.kept == [True, False, False]
     assert fallback.in_place == [False, True, True] and not fallback.chosen_in_place
-    # The record says which step decided, and which candidates were in place.
+    # The record says which step decided, which candidates were in place and how far each moved.
     record = pick_record(pick, [(0.8, 1), (0.8, 2), (1.0, 1), (1.0, 2)], "images/edit.png", "base")
-    assert record["chosen_in_place"] is True and (record["eta"], record["seed"]) == (1.0, 2)
+    assert record["chosen_in_place"] is True and (record["eta"], record["seed"]) == (0.8, 2)
     assert [c["in_place"] for c in record["candidates"]] == [False, True, True, True]
+    assert [c["place_shift"] for c in record["candidates"]] == shifts
+    # Ranked: the pick, the other in-place edits by score (0.28, then 0.05), then the moved one.
+    assert [(r["eta"], r["seed"]) for r in record["ranking"]] == [(0.8, 2), (1.0, 2), (1.0, 1), (0.8, 1)]
     record = pick_record(fallback, [(0.8, 1), (0.8, 2), (1.0, 1)], "images/edit.png", "base")
     assert record["chosen_in_place"] is False and [c["in_place"] for c in record["candidates"]] == [False, True, True]
-    off = choose(scores, distances, reference=reference, place_distance=0)
+    off = choose(scores, distances, reference=reference)
     record = pick_record(off, [(0.8, 1), (0.8, 2), (1.0, 1), (1.0, 2)], "images/edit.png", "base")
     assert record["chosen_in_place"] is False and {c["in_place"] for c in record["candidates"]} == {None}
+    assert {c["place_shift"] for c in record["candidates"]} == {None}
 
 
 def test_choose_at_its_edges():
-    # A distance equal to place_distance is in place; an in-place best equal to the input's score is not an edit.
-    assert choose([0.5, 0.2], [0.6, 0.25], reference=0.0).index == 1
-    tie = choose([0.5, 0.0], [0.6, 0.25], reference=0.0)
+    # A shift equal to place_shift is in place; an in-place best equal to the input's score is not an edit.
+    assert choose([0.5, 0.2], [0.6, 0.25], reference=0.0, shifts=[0.5, PLACE_SHIFT]).index == 1
+    tie = choose([0.5, 0.0], [0.6, 0.25], reference=0.0, shifts=[0.5, 0.0])
     assert tie.index == 0 and not tie.chosen_in_place
-    # place_distance 2 (the largest distance) puts every candidate in place: step 1 with the fraction 0.9.
-    wide = choose([0.5, 0.44, 0.2], [0.6, 0.3, 0.1], reference=-0.1, place_distance=2.0)
-    assert wide.chosen_in_place and wide.kept == [True, False, False] and wide.index == 0
     # A fraction of 1.0 keeps the best even where rounding puts reference + 1.0 * (best - reference) above it.
-    assert choose([0.1 + 0.2], [0.1], reference=-0.1, keep_fraction=1.0, place_distance=0).index == 0
-    assert choose([0.1 + 0.2], [0.1], reference=-0.1, place_keep_fraction=1.0).index == 0
+    assert choose([0.1 + 0.2], [0.1], reference=-0.1, keep_fraction=1.0).index == 0
     # A non-finite score (an fp16 overflow) counts as the lowest wherever it stands, and is recorded as null.
     nan = float("nan")
-    assert choose([nan, 0.3], [0.1, 0.1], reference=-0.1).index == 1
-    assert choose([0.3, nan], [0.1, 0.1], reference=-0.1).index == 0
-    assert choose([nan, 0.3], [0.1, 0.5], reference=-0.1, place_distance=0).index == 1
-    record = pick_record(choose([nan, 0.3], [0.1, 0.1], reference=-0.1), [(1.0, 0), (1.0, 1)], "e.png", "base")
+    assert choose([nan, 0.3], [0.1, 0.1], reference=-0.1, shifts=[0.0, 0.0]).index == 1
+    assert choose([0.3, nan], [0.1, 0.1], reference=-0.1, shifts=[0.0, 0.0]).index == 0
+    assert choose([nan, 0.3], [0.1, 0.5], reference=-0.1).index == 1
+    record = pick_record(choose([nan, 0.3], [0.1, 0.1], reference=-0.1, shifts=[0.0, 0.0]), [(1.0, 0), (1.0, 1)],
+                         "e.png", "base")
     assert record["candidates"][0]["text_score"] is None and json.loads(json.dumps(record, allow_nan=False))
 
 
