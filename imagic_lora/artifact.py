@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .conditioning import PromptEmbeds, interpolate, is_sdxl
+from .generate import image_name
 from .output import CONFIG_NAME
 
 #: The one LoRA file: kohya's format (``lora_unet_...``), which diffusers (``load_lora_weights``, by this
@@ -72,9 +73,9 @@ class ImagicEdit:
 
     @property
     def strength(self) -> float:
-        """Where the run's step C started: 1.0 from pure noise, below 1 from its input (images/input.png)
-        noised to that share of the schedule (draw with an img2img pipeline at this strength)."""
-        return float(self.config.get("strength", 1.0))
+        """Where the recommended image's drawing started: 1.0 from pure noise, below 1 from the run's input
+        (images/input.png) noised to that share of the schedule (draw with an img2img pipeline at this strength)."""
+        return recommended_strength(self.config)
 
     @property
     def picked(self) -> dict | None:
@@ -263,6 +264,16 @@ def recommended(config: dict) -> tuple[float, int]:
     return float(config.get("recommended_eta", 0.7)), int(config.get("seed", 0))
 
 
+def recommended_strength(config: dict) -> float:
+    """The strength an artifact recommends drawing at: the run's pick's, else its first --strength (a record of
+    before several strengths holds one number; of before --strength, none: pure noise)."""
+    picked = config.get("picked")
+    if picked and "strength" in picked:
+        return float(picked["strength"])
+    strength = config.get("strength", 1.0)
+    return float(strength[0] if isinstance(strength, list) else strength)
+
+
 def _exactness(config: dict) -> str:
     """How exactly the card's snippet gives the run's image back."""
     batch = config.get("sample_batch_size")
@@ -298,7 +309,7 @@ def write_model_card(folder: Path, config: dict) -> None:
     hub_id = not bundled and not Path(base).is_absolute() and base.count("/") == 1 and not Path(base).exists()
     eta, seed = recommended(config)
     picked = config.get("picked")
-    reproduces = "edit.png`, the run's pick" if picked else f"eta_{eta:.2f}_seed_{seed}.png`"
+    reproduces = "edit.png`, the run's pick" if picked else f"{image_name(eta, seed, recommended_strength(config))}`"
     text = MODEL_CARD.format(
         front_matter=f"base_model: {base}\n" if hub_id else "",
         base_import="from imagic_lora.config import BUNDLED_MODEL  # the model that comes with imagic-lora\n"
@@ -335,7 +346,7 @@ def _draw_code(config: dict, call_embeds: str, seed: int) -> str:
     input (--strength below 1), the img2img pipeline of the same family on the same components."""
     settings = (f'guidance_scale={config["guidance_scale"]},\n             num_inference_steps='
                 f'{config["num_inference_steps"]}, generator=torch.Generator("cpu").manual_seed({seed})')
-    strength = config.get("strength", 1.0)
+    strength = recommended_strength(config)
     if strength >= 1.0:
         return f"image = pipe({call_embeds}, {settings}).images[0]"
     img2img = ("StableDiffusionXLImg2ImgPipeline" if config["family"] == "sdxl"
@@ -350,7 +361,8 @@ def _picked_line(config: dict) -> str:
     picked = config.get("picked")
     if not picked:
         return f" The artifact recommends eta {config.get('recommended_eta')}."
-    line = (f"\n\nThe run picked eta {picked['eta']}, seed {picked['seed']} as the edit (`images/edit.png`), by "
+    at = f", strength {picked['strength']}" if picked.get("strength", 1.0) < 1 else ""
+    line = (f"\n\nThe run picked eta {picked['eta']}, seed {picked['seed']}{at} as the edit (`images/edit.png`), by "
             "the model's own scores; it is the artifact's recommendation (`picked` in `imagic_config.json`).")
     if picked.get("calibrated") is False:
         line += (" The pick's thresholds were tuned on the bundled shapes model only: on this model it is a "

@@ -189,10 +189,12 @@ class ImagicConfig:
     sample_batch_size: int | None = _field(
         None, "Step C: images per pipeline call; 8 up to 256 px, else 4 (SDXL: 1) when not given. 1 uses the least "
         "memory and makes each image bit-identical to a one-image stock pipeline call (LoRA fused; fp32).", "C")
-    strength: float = _field(
-        1.0, "Step C starts from the input image noised to this share of the schedule, as diffusers' img2img "
+    strength: list[float] = _field(
+        [1.0], "Step C starts from the input image noised to this share of the schedule, as diffusers' img2img "
         "does, instead of from pure noise (1.0, the paper's). Below 1 the photo's layout holds: an object "
-        "turned or resized stays where it was; the model card's code then uses the img2img pipeline.", "C")
+        "turned or resized stays where it was; the model card's code then uses the img2img pipeline. Several "
+        "values: every eta and seed is drawn at each (eta 0 at the first only), and the pick chooses among all.",
+        "C", nargs="+")
     guidance_scale: float | None = _field(None, "Classifier-free guidance scale for the edited images.", "C")
     num_inference_steps: int | None = _field(None, "Denoising steps per edited image.", "C")
     scheduler: str | None = _field(
@@ -214,21 +216,22 @@ class ImagicConfig:
              "lies at least this fraction of the way from the input's score to the best, in (0, 1].", "pick")
 
     # ----------------------------------------------------------------------------------
-    @property
-    def denoising_steps(self) -> int:
-        """Step C's denoising steps per image: all of them from pure noise, fewer from a noised input (as
-        diffusers' img2img pipelines count them)."""
-        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+    def denoising_steps(self, strength: float) -> int:
+        """Step C's denoising steps per image drawn at ``strength``: all of them from pure noise, fewer from a
+        noised input (as diffusers' img2img pipelines count them)."""
+        return min(int(self.num_inference_steps * strength), self.num_inference_steps)
 
     @property
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_seeds)]
 
     @property
-    def pairs(self) -> list[tuple[float, int]]:
-        """The (eta, seed) of every image step C draws: eta 0 for the first --num_reconstruction_seeds."""
-        return [(eta, seed) for eta in self.etas for i, seed in enumerate(self.seeds)
-                if eta != 0 or i < self.num_reconstruction_seeds]
+    def draws(self) -> list[tuple[float, int, float]]:
+        """The (eta, seed, strength) of every image step C draws: each eta and seed at each --strength, eta 0
+        for the first --num_reconstruction_seeds at the first strength only."""
+        return [(eta, seed, strength) for strength in self.strength for eta in self.etas
+                for i, seed in enumerate(self.seeds)
+                if eta != 0 or (i < self.num_reconstruction_seeds and strength == self.strength[0])]
 
     @property
     def lora_target_module_list(self) -> list[str]:
@@ -327,8 +330,17 @@ class ImagicConfig:
             raise ImagicInputError("--pick_place_shift", f"must be in [0, 2] (0: off), got {self.pick_place_shift}")
         if self.lora_budget is not None and not (math.isfinite(self.lora_budget) and 0 < self.lora_budget <= 1):
             raise ImagicInputError("--lora_budget", f"must be in (0, 1] (1: the whole adapter), got {self.lora_budget}")
-        if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
-            raise ImagicInputError("--strength", f"must be in (0, 1] (1: from pure noise), got {self.strength}")
+        if not self.strength:
+            raise ImagicInputError("--strength", "is empty; give at least one value, e.g. --strength 1.0")
+        strengths = {}
+        for strength in self.strength:
+            if not (math.isfinite(strength) and 0 < strength <= 1):
+                raise ImagicInputError("--strength", f"must be in (0, 1] (1: from pure noise), got {strength}")
+            name = f"{strength:.2f}"  # the images are named by strength to 2 decimals
+            if name in strengths:
+                raise ImagicInputError("--strength", f"{strengths[name]:g} and {strength:g} are the same strength "
+                                                     f"to 2 decimals ({name}), which names the images")
+            strengths[name] = strength
         if not 0 < self.pick_keep_fraction <= 1:
             raise ImagicInputError("--pick_keep_fraction", f"must be in (0, 1], got {self.pick_keep_fraction}")
         if not 0 < self.timestep_bias_portion <= 1:
@@ -446,9 +458,14 @@ def changed_settings(before: dict, now: dict) -> list[str]:
         elif key == "pretrained_model_name_or_path":
             if model_key(str(before.get(key, defaults[key]))) != value:
                 changed.append(f"--{key}")
-        elif before.get(key, defaults.get(key)) != value:
+        elif as_list(key, before.get(key, defaults.get(key))) != value:
             changed.append(f"--{key}")
     return sorted(changed)
+
+
+def as_list(key: str, value):
+    """A record's value as the flag has it now: --strength took one number before it took several."""
+    return [float(value)] if key == "strength" and isinstance(value, (int, float)) else value
 
 
 def model_key(pretrained_model_name_or_path: str) -> str:

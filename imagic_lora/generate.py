@@ -100,5 +100,6 @@ def default_sample_batch_size(sdxl: bool, resolution: int) -> int:
 EDIT_IMAGE_NAME = "edit.png"  # the automatically picked edit (imagic_lora.pick)
 
 
-def image_name(eta: float, seed: int) -> str:
-    return f"eta_{eta:.2f}_seed_{seed}.png"
+def image_name(eta: float, seed: int, strength: float = 1.0) -> str:
+    """Step C's file name for an image; one drawn from the noised input (strength below 1) names its strength."""
+    return f"eta_{eta:.2f}_seed_{seed}" + (f"_strength_{strength:.2f}" if strength < 1 else "") + ".png"

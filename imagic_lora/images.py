@@ -146,15 +146,16 @@ def pil_to_tensor(image: Image.Image) -> "torch.Tensor":
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-def contact_sheet(input_image: Image.Image, images: dict[tuple[float, int], Image.Image],
-                  etas: list[float], seeds: list[int], cell: int | None = None,
-                  picked: tuple[float, int] | None = None) -> Image.Image:
-    """A labelled grid: the input once (top left), then one column per eta and one row per seed; the
-    ``picked`` (eta, seed) image, if any, framed in magenta and labelled "picked"."""
+def contact_sheet(input_image: Image.Image, images: dict[tuple[float, int, float], Image.Image],
+                  etas: list[float], seeds: list[int], strengths: list[float] = (1.0,), cell: int | None = None,
+                  picked: tuple[float, int, float] | None = None) -> Image.Image:
+    """A labelled grid of ``images`` keyed (eta, seed, strength): the input once (top left), then one column per
+    strength and eta and one row per seed; the ``picked`` (eta, seed, strength) image, if any, framed in magenta
+    and labelled "picked". Labels name the strength when there are several."""
     cell = cell or max(128, input_image.width)
     label_h = 18
-    columns = 1 + len(etas)
-    sheet = Image.new("RGB", (columns * cell, len(seeds) * (cell + label_h)), "white")
+    columns = [(strength, eta) for strength in strengths for eta in etas]
+    sheet = Image.new("RGB", ((1 + len(columns)) * cell, len(seeds) * (cell + label_h)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
 
@@ -167,10 +168,11 @@ def contact_sheet(input_image: Image.Image, images: dict[tuple[float, int], Imag
 
     tile(0, 0, "input", input_image)
     for row, seed in enumerate(seeds):
-        for col, eta in enumerate(etas, start=1):
-            if (eta, seed) not in images:  # not drawn (eta 0 beyond the reconstruction seeds): left blank
+        for col, (strength, eta) in enumerate(columns, start=1):
+            key = (eta, seed, strength)
+            if key not in images:  # not drawn (eta 0 beyond the reconstruction seeds): left blank
                 continue
-            chosen = (eta, seed) == picked
-            tile(col, row, f"eta {eta:.2f}  seed {seed}" + ("  picked" if chosen else ""), images[(eta, seed)],
-                 frame=chosen)
+            chosen = key == picked
+            label = f"eta {eta:.2f}  seed {seed}" + (f"  s{strength:g}" if len(strengths) > 1 else "")
+            tile(col, row, label + ("  picked" if chosen else ""), images[key], frame=chosen)
     return sheet

@@ -175,7 +175,7 @@ def read_tedbench(folder: str | Path) -> list[Job]:
 
 
 SUMMARY_FIELDS = ("id", "status", "error", "input_image", "target_prompt", "recommended_eta", "picked_eta",
-                  "picked_seed", "model_load_s",
+                  "picked_seed", "picked_strength", "model_load_s",
                   "wall_time_encode_s",
                   "wall_time_A_s", "wall_time_B_s", "wall_time_C_s", "wall_time_pick_s", "wall_time_save_s",
                   "unet_forwards", "tflop", "peak_memory_gib",

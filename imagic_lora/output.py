@@ -31,7 +31,8 @@ ARTIFACT_FORMAT_PREFIX = "imagic-lora/"
 _FILES = {"pytorch_lora_weights.safetensors", "imagic_lora_kohya.safetensors", "imagic_embeds.safetensors",
           CONFIG_NAME, WORKFLOW_NAME, "README.md"}
 _FOLDERS = {
-    "images": re.compile(r"(eta_-?\d+\.\d\d_seed_\d+|input|grid|edit)\.png|\.[^/]+\.png\.tmp|\.step_c\.json"),
+    "images": re.compile(r"(eta_-?\d+\.\d\d_seed_\d+(_strength_\d\.\d\d)?|input|grid|edit)\.png|\.[^/]+\.png\.tmp"
+                         r"|\.step_c\.json"),
     "unet": re.compile(r"config\.json|diffusion_pytorch_model(-\d+-of-\d+)?\.safetensors(\.index\.json)?"),
     "logs": re.compile(r"events\.out\.tfevents\..+"),
 }

@@ -92,24 +92,25 @@ def ranking(pick: Pick) -> list[int]:
     return [pick.index] + kept + rest
 
 
-def pick_record(pick: Pick, candidates: list[tuple[float, int]], image: str, scored_with: str,
+def pick_record(pick: Pick, candidates: list[tuple[float, int, float]], image: str, scored_with: str,
                 calibrated: bool = True) -> dict:
-    """What imagic_config.json keeps of a pick among ``candidates`` [(eta, seed), ...]: the picked
-    (eta, seed), where its copy is, which step of the rule decided ("chosen_in_place": step 1), every
+    """What imagic_config.json keeps of a pick among ``candidates`` [(eta, seed, strength), ...]: the picked
+    (eta, seed, strength), where its copy is, which step of the rule decided ("chosen_in_place": step 1), every
     candidate's numbers ("place_shift": the extent's shift; "in_place": within the flag's bound, null when step 1
-    is off), and the
-    candidates ranked. ``calibrated``: the rule's thresholds were tuned on this kind of model (the shapes
-    world); elsewhere the pick is a suggestion to check against the ranking."""
-    eta, seed = candidates[pick.index]
+    is off), and the candidates ranked. ``calibrated``: the rule's thresholds were tuned on this kind of model
+    (the shapes world); elsewhere the pick is a suggestion to check against the ranking."""
+    def draw(c: tuple[float, int, float]) -> dict:
+        return {"eta": c[0], "seed": c[1], "strength": c[2]}
+
     in_place = pick.in_place if pick.in_place is not None else [None] * len(candidates)
     shifts = pick.shifts if pick.shifts is not None else [math.nan] * len(candidates)
-    return {"image": image, "eta": eta, "seed": seed, "scored_with": scored_with, "calibrated": calibrated,
-            "ranking": [{"eta": candidates[i][0], "seed": candidates[i][1]} for i in ranking(pick)],
+    return {"image": image, **draw(candidates[pick.index]), "scored_with": scored_with, "calibrated": calibrated,
+            "ranking": [draw(candidates[i]) for i in ranking(pick)],
             "input_text_score": _json_number(pick.reference), "chosen_in_place": pick.chosen_in_place,
-            "candidates": [{"eta": e, "seed": s, "text_score": _json_number(t), "structure_distance": _json_number(d),
+            "candidates": [{**draw(c), "text_score": _json_number(t), "structure_distance": _json_number(d),
                             "place_shift": _json_number(h), "kept": k, "in_place": p}
-                           for (e, s), t, d, h, k, p in zip(candidates, pick.text_scores, pick.distances, shifts,
-                                                            pick.kept, in_place)]}
+                           for c, t, d, h, k, p in zip(candidates, pick.text_scores, pick.distances, shifts,
+                                                       pick.kept, in_place)]}
 
 
 # The structure distance works at this resolution (an image is area-resized down to it first), so that its

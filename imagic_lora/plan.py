@@ -277,18 +277,19 @@ class Plan:
 
 
 def estimate_work(costs: UNetCosts, *, emb_steps: int, emb_batch: int, steps: int, batch: int, accumulation: int,
-                  images: int, candidates: int, inference_steps: int, guided: bool, vae_decode_flops: float,
-                  vae_encode_flops: float, pick_timesteps: int, img2img: bool = False) -> dict[str, dict[str, float]]:
+                  images: int, candidates: int, denoising_steps: int, guided: bool, vae_decode_flops: float,
+                  vae_encode_flops: float, pick_timesteps: int, encodes: int = 0) -> dict[str, dict[str, float]]:
     """UNet forward-equivalents (FLOPs / one sample's forward) and TFLOP per phase of an edit.
-    ``inference_steps``: the denoising steps each image runs; ``img2img``: step C encodes the input per image."""
+    ``denoising_steps``: step C's over all its ``images``; ``encodes``: the images that start from the noised
+    input (step C encodes the input for each)."""
     f = costs.forward_flops
     phases = {
         "A": emb_steps * emb_batch * accumulation * costs.step_a_flops,
         "B": steps * batch * accumulation * costs.step_b_flops,
-        "C": images * inference_steps * (2 if guided else 1) * f,
+        "C": denoising_steps * (2 if guided else 1) * f,
         "pick": (candidates + 1) * pick_timesteps * 2 * f if candidates else 0.0,
     }
-    vae = {"A": vae_encode_flops, "B": 0.0, "C": images * (vae_decode_flops + (vae_encode_flops if img2img else 0.0)),
+    vae = {"A": vae_encode_flops, "B": 0.0, "C": images * vae_decode_flops + encodes * vae_encode_flops,
            "pick": candidates * vae_encode_flops}
     return {k: {"unet_forwards": v / f, "tflop": (v + vae[k]) / 1e12} for k, v in phases.items()}
 
@@ -419,11 +420,12 @@ def make_plan(cfg, target: Target, accelerate_mixed_precision: str | None = None
                    f"or {fix}")
         notes.append(f"torch runs {target.threads} thread(s) on {target.cores} CPU cores: for all of them, give "
                      f"`accelerate launch` {fix}")
-    images = len(cfg.pairs)
-    candidates = sum(1 for eta, _ in cfg.pairs if eta > 0) if cfg.pick_edit else 0
+    draws = cfg.draws
+    candidates = sum(1 for eta, _, _ in draws if eta > 0) if cfg.pick_edit else 0
     work = estimate_work(costs, emb_steps=cfg.emb_train_steps, emb_batch=emb_batch, steps=cfg.max_train_steps,
-                         batch=cfg.train_batch_size, accumulation=cfg.gradient_accumulation_steps, images=images,
-                         candidates=candidates, inference_steps=cfg.denoising_steps, img2img=cfg.strength < 1,
+                         batch=cfg.train_batch_size, accumulation=cfg.gradient_accumulation_steps, images=len(draws),
+                         candidates=candidates, denoising_steps=sum(cfg.denoising_steps(s) for _, _, s in draws),
+                         encodes=sum(1 for _, _, s in draws if s < 1),
                          guided=cfg.guidance_scale > 1, vae_decode_flops=decode_flops, vae_encode_flops=encode_flops,
                          pick_timesteps=cfg.pick_timesteps)
     tf32 = cfg.allow_tf32 if cfg.allow_tf32 is not None else target.kind == "cuda"

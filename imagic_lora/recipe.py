@@ -275,12 +275,12 @@ class ImagicRecipe:
                 model_scheduler, pipe.scheduler = pipe.scheduler, inference_scheduler(pipe, cfg.scheduler)
                 scheduler_class = type(pipe.scheduler).__name__
                 (out / "images").mkdir(exist_ok=True)
-                images = {(eta, seed): out / "images" / image_name(eta, seed) for eta, seed in cfg.pairs}
+                images = {draw: out / "images" / image_name(*draw) for draw in cfg.draws}  # (eta, seed, strength)
                 # A resumed run keeps the images it drew with step C's settings of now, whole; a torn or
                 # unreadable one is drawn again, and one of other settings or of an eta or seed no longer
                 # in the sweep is removed (step C's own files).
                 drawn_with = {k: cfg.to_dict()[k] for k in ("guidance_scale", "num_inference_steps", "scheduler")}
-                if cfg.strength < 1:  # (markers of before --strength existed stay valid for pure noise)
+                if cfg.strength != [1.0]:  # (markers of before --strength existed stay valid for pure noise)
                     drawn_with["strength"] = cfg.strength
                 marker = out / "images" / ".step_c.json"
                 if marker.is_file() and json.loads(marker.read_text()) != drawn_with:
@@ -298,31 +298,34 @@ class ImagicRecipe:
                     # Fused: faster; the base weights come back bit for bit for the pick (nothing to draw
                     # after a resume that had drawn every image: no fusing).
                     with fused_lora(pipe) if pending else contextlib.nullcontext():
-                        for first in range(0, len(pending), batch):
-                            chunk = pending[first:first + batch]
-                            made = generate_images(pipe, [interpolate(e_tgt, e_opt, eta) for eta, _ in chunk],
-                                                   [seed for _, seed in chunk], guidance_scale=cfg.guidance_scale,
-                                                   num_inference_steps=cfg.num_inference_steps,
-                                                   resolution=resolution, image=image, strength=cfg.strength)
-                            meter.add_vae(decodes=len(chunk), encodes=len(chunk) if cfg.strength < 1 else 0)
-                            for pair, picture in zip(chunk, made):
-                                save_image(picture, images[pair])
-                            bar.update(len(chunk))
-                            stop.check()
+                        for strength in cfg.strength:  # one pipeline call draws at one strength
+                            at = [draw for draw in pending if draw[2] == strength]
+                            for first in range(0, len(at), batch):
+                                chunk = at[first:first + batch]
+                                made = generate_images(pipe, [interpolate(e_tgt, e_opt, eta) for eta, _, _ in chunk],
+                                                       [seed for _, seed, _ in chunk],
+                                                       guidance_scale=cfg.guidance_scale,
+                                                       num_inference_steps=cfg.num_inference_steps,
+                                                       resolution=resolution, image=image, strength=strength)
+                                meter.add_vae(decodes=len(chunk), encodes=len(chunk) if strength < 1 else 0)
+                                for draw, picture in zip(chunk, made):
+                                    save_image(picture, images[draw])
+                                bar.update(len(chunk))
+                                stop.check()
                 finally:
                     bar.close()
                     pipe.scheduler = model_scheduler  # the next edit starts from the model's own, even after an error
 
             # ---- the pick: the edit among the images with eta > 0 (the model scores them; no person) ----
             with timed(timings, "pick", device, phase_memory), meter.phase("pick"):
-                candidates = [pair for pair in images if pair[0] > 0]
+                candidates = [draw for draw in images if draw[0] > 0]
                 picked = None
                 if cfg.pick_edit and candidates:
                     # As many noisy latents per UNet call as step C's guided batch (2 x its images), so the
                     # pick needs no more memory than C; small latents (16x16: 64 a call) go faster in bulk.
                     score_batch = max(2 * batch, 16384 // latents[0, 0].numel())
                     pick, scored_with = pick_edit(pipe, noise_scheduler, image, latents.to(device),
-                                                  [Image.open(images[pair]).convert("RGB") for pair in candidates],
+                                                  [Image.open(images[draw]).convert("RGB") for draw in candidates],
                                                   e_tgt, e_opt, seed=cfg.seed + 2, weight_dtype=weight_dtype,
                                                   add_time_ids=add_time_ids, keep_fraction=cfg.pick_keep_fraction,
                                                   place_shift=cfg.pick_place_shift,
@@ -342,7 +345,8 @@ class ImagicRecipe:
                 (out / "images" / ".step_c.json").unlink()
                 save_image(image, out / "images" / "input.png")
                 save_image(contact_sheet(image, {k: Image.open(v) for k, v in images.items()}, cfg.etas, cfg.seeds,
-                                         picked=(picked["eta"], picked["seed"]) if picked else None),
+                                         cfg.strength,
+                                         picked=(picked["eta"], picked["seed"], picked["strength"]) if picked else None),
                            out / "images" / "grid.png")
                 architecture = architecture_of(pipe)
                 base_model = base_model_name(cfg.pretrained_model_name_or_path)
@@ -371,7 +375,8 @@ class ImagicRecipe:
                 "picked": picked,
                 # What a user reloading the artifact should draw: the pick (its images/edit.png), else the flag.
                 "recommended": {"eta": picked["eta"] if picked else cfg.recommended_eta,
-                                "seed": picked["seed"] if picked else cfg.seed},
+                                "seed": picked["seed"] if picked else cfg.seed,
+                                "strength": picked["strength"] if picked else cfg.strength[0]},
                 "sample_batch_size": batch,
                 "emb_train_batch_size": cfg.effective_emb_train_batch_size,
                 "lora_alpha_used": cfg.effective_lora_alpha,

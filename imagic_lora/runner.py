@@ -373,7 +373,8 @@ def summary_fields(record: dict) -> dict:
     picked = record.get("picked") or {}
     return {"recommended_eta": (record.get("recommended") or {}).get("eta", record.get("recommended_eta")),
             "picked_eta": picked.get("eta"),
-            "picked_seed": picked.get("seed"), "picked_calibrated": picked.get("calibrated"),
+            "picked_seed": picked.get("seed"), "picked_strength": picked.get("strength"),
+            "picked_calibrated": picked.get("calibrated"),
             **{f"wall_time_{k}_s": timings.get(k) for k in PHASES},
             "unet_forwards": _total(record.get("work"), "unet_forwards"), "tflop": _total(record.get("work"), "tflop"),
             "peak_memory_gib": memory.get("peak_allocated_gib", memory.get("peak_rss_gib"))}
@@ -425,9 +426,10 @@ def print_summary(cfg: ImagicConfig, rows: list[dict], many: bool) -> None:
           f"artifact in {cfg.output_dir}; recommended eta {row['recommended_eta']}")
     if row.get("picked_eta") is not None:
         where = Path(cfg.output_dir) / "images" / EDIT_IMAGE_NAME
+        at = f", strength {row['picked_strength']}" if (row.get("picked_strength") or 1.0) < 1 else ""
         if row.get("picked_calibrated") is False:
             print(f"imagic_lora: the edit, suggested automatically: {where} (eta {row['picked_eta']}, seed "
-                  f"{row['picked_seed']}); the pick is calibrated on the shapes model only: check grid.png")
+                  f"{row['picked_seed']}{at}); the pick is calibrated on the shapes model only: check grid.png")
         else:
             print(f"imagic_lora: the edit, picked automatically: {where} (eta {row['picked_eta']}, seed "
-                  f"{row['picked_seed']})")
+                  f"{row['picked_seed']}{at})")

@@ -40,7 +40,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from . import cli, shapes
-from .config import BUNDLED_MODEL
+from .config import BUNDLED_MODEL, as_list
+from .generate import image_name
 
 ROOT = Path(__file__).resolve().parents[1]  # model paths are reported relative to the project
 
@@ -128,17 +129,22 @@ def run_imagic(cli, case: Case, input_path: Path, flags: list[str], etas: list[f
         raise RuntimeError(f"imagic_lora failed on case {case.index}: {argv}")
     config = json.loads((out / "imagic_config.json").read_text())
     records = []
-    for eta in etas:
-        for seed in config["seeds"]:
-            path = out / "images" / f"eta_{eta:.2f}_seed_{seed}.png"
-            if path.is_file():  # eta 0 is drawn for --num_reconstruction_seeds seeds only
-                image = Image.open(path).convert("RGB")
-                records.append({"setting": eta, "seed": seed, **score(image, case, input_centre)})
+    strengths = as_list("strength", config.get("strength", 1.0))
+    for strength in strengths:
+        for eta in etas:
+            for seed in config["seeds"]:
+                path = out / "images" / image_name(eta, seed, strength)
+                if path.is_file():  # eta 0 is drawn for --num_reconstruction_seeds seeds only
+                    image = Image.open(path).convert("RGB")
+                    # The setting is the eta; at a second strength and after, "eta@strength".
+                    setting = eta if strength == strengths[0] else f"{eta:g}@{strength:g}"
+                    records.append({"setting": setting, "seed": seed, **score(image, case, input_centre)})
     if config.get("picked"):  # the CLI's automatic pick among the images with eta > 0: one per case
         picked = config["picked"]
         image = Image.open(out / picked["image"]).convert("RGB")
         # The pick's numbers for every candidate too, so that a pick among a subset can be redone offline.
         records.append({"setting": AUTO, "seed": picked["seed"], "picked_eta": picked["eta"],
+                        "picked_strength": picked.get("strength", strengths[0]),
                         **score(image, case, input_centre),
                         "pick": {k: picked[k] for k in ("input_text_score", "chosen_in_place", "candidates")
                                  if k in picked}})
@@ -434,7 +440,7 @@ def write_plot(path: Path, summary: dict) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for method, s in summary.items():
-        numeric = {k: v for k, v in s["settings"].items() if k not in ("-", AUTO)}
+        numeric = {k: v for k, v in s["settings"].items() if k not in ("-", AUTO) and "@" not in k}
         for key, style in (("-", ":"), (AUTO, "-.")):
             if key in s["settings"]:
                 for ax, metric in zip(axes, ("success", "place", "both")):
@@ -471,10 +477,11 @@ def write_examples(path: Path, cases: list[Case], model: str, flags: list[str], 
             cli.main(["--pretrained_model_name_or_path", model, "--input_image", str(workdir / "in.png"),
                       "--target_prompt", case.target_prompt, "--output_dir", str(out), "--etas", *map(str, etas),
                       "--num_seeds", str(args.num_seeds), "--seed", str(case.seed), "--overwrite", *flags])
-            picked = json.loads((out / "imagic_config.json").read_text()).get("picked")
+            config = json.loads((out / "imagic_config.json").read_text())
+            picked, first = config.get("picked"), as_list("strength", config.get("strength", 1.0))[0]
             tiles = [("input", photo),
-                     ("eta 0", Image.open(out / "images" / f"eta_0.00_seed_{case.seed}.png").convert("RGB")),
-                     (f"eta {eta}", Image.open(out / "images" / f"eta_{eta:.2f}_seed_{case.seed}.png").convert("RGB"))]
+                     ("eta 0", Image.open(out / "images" / image_name(0.0, case.seed, first)).convert("RGB")),
+                     (f"eta {eta}", Image.open(out / "images" / image_name(eta, case.seed, first)).convert("RGB"))]
             if picked:
                 tiles.append((f"picked eta {picked['eta']} seed+{picked['seed'] - case.seed}",
                               Image.open(out / picked["image"]).convert("RGB")))

@@ -26,10 +26,18 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imagic_lora import pick, shapes  # noqa: E402
+from imagic_lora.generate import image_name  # noqa: E402
 from imagic_lora.images import pil_to_tensor  # noqa: E402
 from replay_pool import choose_by_structure  # noqa: E402  (beside this script)
 
 PLACE_PX = 6.0
+
+
+def image_path(folder: Path, eta: float, seed: int, strength: float) -> Path:
+    """A kept image's path (runs made before images were named by strength named every image as drawn from
+    pure noise)."""
+    path = folder / "images" / image_name(eta, seed, strength)
+    return path if path.is_file() else folder / "images" / image_name(eta, seed)
 
 
 def load_case(folder: Path, etas: list[float] | None = None, num_seeds: int | None = None) -> dict | None:
@@ -43,8 +51,8 @@ def load_case(folder: Path, etas: list[float] | None = None, num_seeds: int | No
     first = min(c["seed"] for c in picked["candidates"])
     kept = [c for c in picked["candidates"] if (etas is None or any(abs(c["eta"] - e) < 1e-6 for e in etas))
             and (num_seeds is None or c["seed"] < first + num_seeds)]
-    candidates = [(c["eta"], c["seed"]) for c in kept]
-    images = [Image.open(folder / "images" / f"eta_{e:.2f}_seed_{s}.png").convert("RGB") for e, s in candidates]
+    candidates = [(c["eta"], c["seed"], c.get("strength", 1.0)) for c in kept]
+    images = [Image.open(image_path(folder, *c)).convert("RGB") for c in candidates]
     return {"name": folder.name, "prompt": config["target_prompt"], "input": scene_input, "images": images,
             "candidates": candidates, "scores": [c["text_score"] if c["text_score"] is not None else -math.inf
                                                  for c in kept],

@@ -66,12 +66,21 @@ def test_python_dash_m_imagic_lora_is_the_command_line():
 def test_the_grid_shows_the_input_once_and_labels_the_pick():
     from imagic_lora.images import contact_sheet
     etas, seeds = [0.0, 1.0], [0, 1]
-    images = {(e, s): Image.new("RGB", (32, 32), (0, 0, 255)) for e in etas for s in seeds}
-    sheet = contact_sheet(Image.new("RGB", (32, 32), (255, 0, 0)), images, etas, seeds, picked=(1.0, 1))
+    images = {(e, s, 1.0): Image.new("RGB", (32, 32), (0, 0, 255)) for e in etas for s in seeds}
+    sheet = contact_sheet(Image.new("RGB", (32, 32), (255, 0, 0)), images, etas, seeds, picked=(1.0, 1, 1.0))
     cell, label = 128, 18
+    assert sheet.size == (3 * cell, 2 * (cell + label))
     assert sheet.getpixel((cell // 2, label + cell // 2)) == (255, 0, 0)  # the input, top left
     assert sheet.getpixel((cell // 2, cell + 2 * label + cell // 2)) == (255, 255, 255)  # not again below
     assert sheet.getpixel((2 * cell + 1, cell + 2 * label + 1)) == (255, 0, 255)  # the pick's frame
+    # Two strengths: a column per strength and eta; eta 0 drawn at the first only leaves its other cell blank.
+    images.update({(1.0, s, 0.8): Image.new("RGB", (32, 32), (0, 255, 0)) for s in seeds})
+    sheet = contact_sheet(Image.new("RGB", (32, 32), (255, 0, 0)), images, etas, seeds, [1.0, 0.8],
+                          picked=(1.0, 0, 0.8))
+    assert sheet.size == (5 * cell, 2 * (cell + label))
+    assert sheet.getpixel((3 * cell + cell // 2, label + cell // 2)) == (255, 255, 255)  # eta 0 at 0.8: not drawn
+    assert sheet.getpixel((4 * cell + cell // 2, label + cell // 2)) == (0, 255, 0)  # eta 1 at 0.8
+    assert sheet.getpixel((4 * cell + 1, label + 1)) == (255, 0, 255)  # the pick's frame, seed 0
 
 
 @pytest.fixture(scope="module")

@@ -81,16 +81,17 @@ def test_choose_decides_among_the_candidates_in_place_first():
     assert fallback.index == 0 and fallback.kept == [True, False, False]
     assert fallback.in_place == [False, True, True] and not fallback.chosen_in_place
     # The record says which step decided, which candidates were in place and how far each moved.
-    record = pick_record(pick, [(0.8, 1), (0.8, 2), (1.0, 1), (1.0, 2)], "images/edit.png", "base")
-    assert record["chosen_in_place"] is True and (record["eta"], record["seed"]) == (0.8, 2)
+    record = pick_record(pick, [(0.8, 1, 1.0), (0.8, 2, 1.0), (1.0, 1, 0.8), (1.0, 2, 0.8)], "images/edit.png", "base")
+    assert record["chosen_in_place"] is True and (record["eta"], record["seed"], record["strength"]) == (0.8, 2, 1.0)
     assert [c["in_place"] for c in record["candidates"]] == [False, True, True, True]
     assert [c["place_shift"] for c in record["candidates"]] == shifts
     # Ranked: the pick, the other in-place edits by score (0.28, then 0.05), then the moved one.
-    assert [(r["eta"], r["seed"]) for r in record["ranking"]] == [(0.8, 2), (1.0, 2), (1.0, 1), (0.8, 1)]
-    record = pick_record(fallback, [(0.8, 1), (0.8, 2), (1.0, 1)], "images/edit.png", "base")
+    assert [tuple(r.values()) for r in record["ranking"]] == [(0.8, 2, 1.0), (1.0, 2, 0.8), (1.0, 1, 0.8), (0.8, 1, 1.0)]
+    assert [c["strength"] for c in record["candidates"]] == [1.0, 1.0, 0.8, 0.8]
+    record = pick_record(fallback, [(0.8, 1, 1.0), (0.8, 2, 1.0), (1.0, 1, 1.0)], "images/edit.png", "base")
     assert record["chosen_in_place"] is False and [c["in_place"] for c in record["candidates"]] == [False, True, True]
     off = choose(scores, distances, reference=reference)
-    record = pick_record(off, [(0.8, 1), (0.8, 2), (1.0, 1), (1.0, 2)], "images/edit.png", "base")
+    record = pick_record(off, [(0.8, 1, 1.0), (0.8, 2, 1.0), (1.0, 1, 0.8), (1.0, 2, 0.8)], "images/edit.png", "base")
     assert record["chosen_in_place"] is False and {c["in_place"] for c in record["candidates"]} == {None}
     assert {c["place_shift"] for c in record["candidates"]} == {None}
 
@@ -107,7 +108,8 @@ def test_choose_at_its_edges():
     assert choose([nan, 0.3], [0.1, 0.1], reference=-0.1, shifts=[0.0, 0.0]).index == 1
     assert choose([0.3, nan], [0.1, 0.1], reference=-0.1, shifts=[0.0, 0.0]).index == 0
     assert choose([nan, 0.3], [0.1, 0.5], reference=-0.1).index == 1
-    record = pick_record(choose([nan, 0.3], [0.1, 0.1], reference=-0.1, shifts=[0.0, 0.0]), [(1.0, 0), (1.0, 1)],
+    record = pick_record(choose([nan, 0.3], [0.1, 0.1], reference=-0.1, shifts=[0.0, 0.0]),
+                         [(1.0, 0, 1.0), (1.0, 1, 1.0)],
                          "e.png", "base")
     assert record["candidates"][0]["text_score"] is None and json.loads(json.dumps(record, allow_nan=False))
 
