@@ -203,7 +203,7 @@ class ImagicConfig:
     # --- the automatic pick ----------------------------------------------------------------
     pick_edit: bool = _field(
         True, "Pick one image (eta > 0) as the edit, images/edit.png, by the model's own scores (base model, e_tgt "
-              "against e_opt) and edge structure (docs/pick.md).", "pick")
+              "against e_opt) and where its edges lie (docs/pick.md).", "pick")
     pick_place_shift: float = _field(
         6 / 64, "The pick, step 1: candidates whose extent (the box around the image's strongest edges) has its "
                 "centre within this share of the frame of the input's kept the object in place, whatever its "

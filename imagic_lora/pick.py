@@ -1,7 +1,7 @@
 """Step C's automatic pick: which of the generated images is the edit, by the model's own scores.
 
 The paper draws several seeds at several η and lets a person choose; it names choosing
-automatically as future work. Here every candidate image y (η > 0) gets two numbers:
+automatically as future work. Here every candidate image y (η > 0) gets three numbers:
 
 - a text score, a diffusion classifier between the two embeddings, read with the *base* model
   (the LoRA switched off, so the fine-tuning's memory of the input does not vote):

@@ -345,8 +345,8 @@ class ImagicRecipe:
                 (out / "images" / ".step_c.json").unlink()
                 save_image(image, out / "images" / "input.png")
                 save_image(contact_sheet(image, {k: Image.open(v) for k, v in images.items()}, cfg.etas, cfg.seeds,
-                                         cfg.strength,
-                                         picked=(picked["eta"], picked["seed"], picked["strength"]) if picked else None),
+                                         cfg.strength, picked=tuple(picked[k] for k in ("eta", "seed", "strength"))
+                                         if picked else None),
                            out / "images" / "grid.png")
                 architecture = architecture_of(pipe)
                 base_model = base_model_name(cfg.pretrained_model_name_or_path)

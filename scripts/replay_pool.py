@@ -169,7 +169,8 @@ def main(argv=None) -> int:
         scores.append(("null_score", "null_reference"))
     extent_shifts(cases, images)
     records = [r for rows in cases.values() for r in rows]
-    for name, key, bar in (("structure distance", "distance", 0.25), ("extent shift", "extent_shift", pick.PLACE_SHIFT)):
+    for name, key, bar in (("structure distance", "distance", 0.25),
+                           ("extent shift", "extent_shift", pick.PLACE_SHIFT)):
         auc, n = within_case_auc(cases, key, "place", sign=-1.0)
         agree = sum((r[key] <= bar) == r["place"] for r in records) / len(records)
         print(f"{name} tells images in place from moved ones: mean within-case AUC {auc:.2f} ({n} cases); "

@@ -17,8 +17,8 @@ from imagic_lora.diffusion import encode_image_latents
 from imagic_lora.images import pil_to_tensor
 from imagic_lora.lora import add_lora
 from imagic_lora.models import load_pipeline, training_noise_scheduler
-from imagic_lora.pick import (PLACE_SHIFT, choose, extent_centres, pick_edit, pick_record, score_timesteps, structure_distances,
-                               text_scores)
+from imagic_lora.pick import (PLACE_SHIFT, choose, extent_centres, pick_edit, pick_record, score_timesteps,
+                               structure_distances, text_scores)
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -86,7 +86,8 @@ def test_choose_decides_among_the_candidates_in_place_first():
     assert [c["in_place"] for c in record["candidates"]] == [False, True, True, True]
     assert [c["place_shift"] for c in record["candidates"]] == shifts
     # Ranked: the pick, the other in-place edits by score (0.28, then 0.05), then the moved one.
-    assert [tuple(r.values()) for r in record["ranking"]] == [(0.8, 2, 1.0), (1.0, 2, 0.8), (1.0, 1, 0.8), (0.8, 1, 1.0)]
+    assert [tuple(r.values()) for r in record["ranking"]] == \
+        [(0.8, 2, 1.0), (1.0, 2, 0.8), (1.0, 1, 0.8), (0.8, 1, 1.0)]
     assert [c["strength"] for c in record["candidates"]] == [1.0, 1.0, 0.8, 0.8]
     record = pick_record(fallback, [(0.8, 1, 1.0), (0.8, 2, 1.0), (1.0, 1, 1.0)], "images/edit.png", "base")
     assert record["chosen_in_place"] is False and [c["in_place"] for c in record["candidates"]] == [False, True, True]

@@ -149,7 +149,8 @@ def test_a_sweep_of_strengths_draws_every_eta_and_seed_at_each_and_picks_among_a
     # Eta 0 at the first strength only (one reconstruction seed); eta 0.8 and 1.2 x seeds 5, 6 at both.
     drawn = [(0.0, 5, 1.0)] + [(e, s, st) for st in (1.0, 0.6) for e in (0.8, 1.2) for s in (5, 6)]
     assert sorted(p.name for p in (sweep_edit / "images").glob("eta_*.png")) == sorted(image_name(*d) for d in drawn)
-    assert image_name(0.8, 5, 0.6) == "eta_0.80_seed_5_strength_0.60.png" and image_name(0.8, 5) == "eta_0.80_seed_5.png"
+    assert image_name(0.8, 5, 0.6) == "eta_0.80_seed_5_strength_0.60.png"
+    assert image_name(0.8, 5) == "eta_0.80_seed_5.png"
     picked = config["picked"]
     assert [(c["eta"], c["seed"], c["strength"]) for c in picked["candidates"]] == drawn[1:]
     assert config["recommended"] == {k: picked[k] for k in ("eta", "seed", "strength")}
@@ -179,7 +180,7 @@ def test_the_library_redraws_a_sweeps_images_at_their_strengths(sweep_edit, tiny
     edit = load_edit(pipe, sweep_edit)
     pipe.fuse_lora()
     start = Image.open(sweep_edit / "images" / "input.png").convert("RGB")
-    settings = dict(guidance_scale=edit.config["guidance_scale"], num_inference_steps=edit.config["num_inference_steps"])
+    settings = {k: edit.config[k] for k in ("guidance_scale", "num_inference_steps")}
 
     def draw(eta: float, seed: int, strength: float) -> np.ndarray:
         image = generate_image(pipe, edit.embeds(eta), seed=seed, image=start if strength < 1 else None,
