@@ -285,15 +285,10 @@ class ImagicConfig:
             check_text(self.target_prompt, "--target_prompt")
         if self.etas is not None and not self.etas:
             raise ImagicInputError("--etas", "is empty; give at least one value, e.g. --etas 0 0.7 1")
-        names = {}
         for eta in self.etas or []:
             if not (math.isfinite(eta) and abs(eta) <= MAX_ETA):
                 raise ImagicInputError("--etas", f"{eta} is outside [-{MAX_ETA:g}, {MAX_ETA:g}]")
-            name = f"{eta:.2f}"  # the images are named by eta to 2 decimals
-            if name in names:
-                raise ImagicInputError("--etas", f"{names[name]:g} and {eta:g} are the same eta to 2 decimals "
-                                                 f"({name}), which names the images")
-            names[name] = eta
+        _distinct_names(self.etas or [], "--etas", "eta")
         if self.recommended_eta is not None and not (math.isfinite(self.recommended_eta)
                                                      and abs(self.recommended_eta) <= MAX_ETA):
             raise ImagicInputError("--recommended_eta", f"{self.recommended_eta} is outside [-{MAX_ETA:g}, "
@@ -332,15 +327,10 @@ class ImagicConfig:
             raise ImagicInputError("--lora_budget", f"must be in (0, 1] (1: the whole adapter), got {self.lora_budget}")
         if not self.strength:
             raise ImagicInputError("--strength", "is empty; give at least one value, e.g. --strength 1.0")
-        strengths = {}
         for strength in self.strength:
             if not (math.isfinite(strength) and 0 < strength <= 1):
                 raise ImagicInputError("--strength", f"must be in (0, 1] (1: from pure noise), got {strength}")
-            name = f"{strength:.2f}"  # the images are named by strength to 2 decimals
-            if name in strengths:
-                raise ImagicInputError("--strength", f"{strengths[name]:g} and {strength:g} are the same strength "
-                                                     f"to 2 decimals ({name}), which names the images")
-            strengths[name] = strength
+        _distinct_names(self.strength, "--strength", "strength")
         if not 0 < self.pick_keep_fraction <= 1:
             raise ImagicInputError("--pick_keep_fraction", f"must be in (0, 1], got {self.pick_keep_fraction}")
         if not 0 < self.timestep_bias_portion <= 1:
@@ -461,6 +451,17 @@ def changed_settings(before: dict, now: dict) -> list[str]:
         elif as_list(key, before.get(key, defaults.get(key))) != value:
             changed.append(f"--{key}")
     return sorted(changed)
+
+
+def _distinct_names(values: list[float], flag: str, what: str) -> None:
+    """The images are named by each value to 2 decimals: two values that round alike are refused, naming ``flag``."""
+    names = {}
+    for value in values:
+        name = f"{value:.2f}"
+        if name in names:
+            raise ImagicInputError(flag, f"{names[name]:g} and {value:g} are the same {what} to 2 decimals "
+                                         f"({name}), which names the images")
+        names[name] = value
 
 
 def as_list(key: str, value):

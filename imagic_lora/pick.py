@@ -159,7 +159,12 @@ def extent_centres(images: list[Image.Image]) -> torch.Tensor:
     gradient magnitude (:func:`gradient_magnitude`) lies at least ``EXTENT_FRACTION`` of the way from the image's
     weakest to its strongest. Where the object is, whatever its outline: a triangle turned in place keeps its
     box's centre, one moved does not."""
-    magnitude = gradient_magnitude(torch.cat([pil_to_tensor(i) for i in images]))  # (N, S, S)
+    return _extent_centres(torch.cat([pil_to_tensor(i) for i in images]))
+
+
+def _extent_centres(pixels: torch.Tensor) -> torch.Tensor:
+    """:func:`extent_centres` of (N, 3, H, W) images in any range -> (N, 2)."""
+    magnitude = gradient_magnitude(pixels)  # (N, S, S)
     centres = []
     for m in magnitude:
         m = m - m.min()
@@ -170,7 +175,12 @@ def extent_centres(images: list[Image.Image]) -> torch.Tensor:
 
 def extent_shifts(candidates: list[Image.Image], reference: Image.Image) -> list[float]:
     """How far each candidate's extent's centre lies from the reference's, in shares of the frame."""
-    centres = extent_centres(candidates + [reference])
+    return _extent_shifts(torch.cat([pil_to_tensor(c) for c in candidates]), pil_to_tensor(reference))
+
+
+def _extent_shifts(pixels: torch.Tensor, reference: torch.Tensor) -> list[float]:
+    """:func:`extent_shifts` of (N, 3, H, W) candidates from a (1, 3, H, W) reference, in the same range."""
+    centres = _extent_centres(torch.cat([pixels, reference]))
     return (centres[:-1] - centres[-1]).norm(dim=1).tolist()
 
 
@@ -291,8 +301,9 @@ def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: to
     Returns the pick and which model scored ("base" or "fine-tuned")."""
     device = input_latents.device
     pixels = torch.cat([pil_to_tensor(c) for c in candidates])  # (N, 3, H, W) in [-1, 1], on the CPU
-    distances = structure_distances(pixels, pil_to_tensor(input_image))  # at 64 px: cheap at any size
-    shifts = extent_shifts(list(candidates), input_image)
+    reference = pil_to_tensor(input_image)
+    distances = structure_distances(pixels, reference)  # at 64 px: cheap at any size
+    shifts = _extent_shifts(pixels, reference)
     latents = torch.cat([encode_image_latents(pipe.vae, pixels[i:i + 1].to(device)) for i in range(len(pixels))])
     latents = torch.cat([latents, input_latents.float()])  # the input last: its score is the reference
     unet = pipe.unet
