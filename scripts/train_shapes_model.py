@@ -66,6 +66,9 @@ def parse_args(argv=None):
                    help="Extra L1 weight on pixels at object edges (sharper small shapes).")
     p.add_argument("--vae_sample_posterior", type=int, default=1,
                    help="1: decode posterior samples while training (SD's VAE); 0: decode the mean.")
+    p.add_argument("--max_caption_tokens", type=int, default=77,
+                   help="The text encoder's context (tokenizer model_max_length). 77 is SD's; the world's longest caption "
+                        "is 12 tokens with its start and end, and 16 makes each UNet step 14%% faster on 2 cores.")
     p.add_argument("--unet_steps", type=int, default=4500, help="UNet + text encoder training steps.")
     p.add_argument("--unet_batch_size", type=int, default=48)
     p.add_argument("--unet_learning_rate", type=float, default=5e-4)
@@ -351,7 +354,11 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     tokenizer_dir = out / "tokenizer"
-    tokenizer = write_word_tokenizer(tokenizer_dir, shapes.words(args.world))
+    tokenizer = write_word_tokenizer(tokenizer_dir, shapes.words(args.world), args.max_caption_tokens)
+    longest = max(len(tokenizer(c).input_ids) for c in set(captions))
+    if longest > args.max_caption_tokens:  # truncated captions would teach the wrong words
+        raise SystemExit(f"--max_caption_tokens {args.max_caption_tokens} is below the longest caption's "
+                         f"{longest} tokens")
     text_encoder = make_text_encoder(tokenizer).to(device)
     unet = make_unet(text_encoder.config.hidden_size).to(device)
     scheduler = sd_scheduler("epsilon")
@@ -369,7 +376,8 @@ def main(argv=None) -> int:
                                    unet=unet.cpu(), scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    write_word_tokenizer(tokenizer_dir, shapes.words(args.world))  # keeps vocabulary.json beside the saved tokenizer
+    # Again after save_pretrained: keeps vocabulary.json beside the saved tokenizer.
+    write_word_tokenizer(tokenizer_dir, shapes.words(args.world), args.max_caption_tokens)
     report["size_mb"] = round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, 2)
     report["training_time_s"] = {k: round(v, 1) for k, v in timings.items()}
     report["training_time_total_min"] = round(sum(timings.values()) / 60, 1)
