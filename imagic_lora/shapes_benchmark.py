@@ -321,6 +321,32 @@ def pick_against_person(results: list[dict], method: str) -> dict | None:
             "person": sum(person), "person_interval": bootstrap_interval(person), "by_kind": kinds}
 
 
+def picked_right(results: list[dict], method: str) -> dict[int, bool]:
+    """Whether the pick (the AUTO record) of ``method`` is edited and in place, by case index."""
+    out = {}
+    for result in results:
+        auto = [r["both"] for r in result["methods"][method]["records"] if r["setting"] == AUTO]
+        if not auto:
+            raise ValueError(f"method {method!r} has no automatically picked edit in case {result['case']}")
+        out[result["case"]] = bool(auto[0])
+    return out
+
+
+def paired_difference(a: dict[int, bool], b: dict[int, bool], draws: int = 10000, seed: int = 0) -> dict:
+    """The pick's share of right cases in run ``a`` minus run ``b`` on the cases both ran (``picked_right``),
+    with a 95% paired bootstrap interval: the same resampled cases for both runs, so that what the cases
+    share (an easy case is easy in both) cancels. Also the cases only one of them got right."""
+    cases = sorted(set(a) & set(b))
+    if not cases:
+        raise ValueError("the two runs have no case in common")
+    x = np.asarray([a[c] for c in cases], dtype=np.float64) - np.asarray([b[c] for c in cases], dtype=np.float64)
+    means = x[np.random.default_rng(seed).integers(0, len(x), (draws, len(x)))].mean(1)
+    return {"n": len(cases), "a": int(sum(a[c] for c in cases)), "b": int(sum(b[c] for c in cases)),
+            "difference": float(x.mean()), "interval": [float(np.percentile(means, 2.5)),
+                                                        float(np.percentile(means, 97.5))],
+            "only_a": [c for c in cases if a[c] and not b[c]], "only_b": [c for c in cases if b[c] and not a[c]]}
+
+
 def best_setting(method_summary: dict) -> tuple[str, dict]:
     return max(method_summary["settings"].items(), key=lambda kv: (kv[1]["both"], kv[1]["success"]))
 

@@ -191,3 +191,49 @@ def test_a_report_of_some_kinds_names_only_those(bench, tmp_path):
     text = (tmp_path / "r.md").read_text()
     assert "2 seeded cases of world version 2 (2 each of direction edits)" in text
     assert "| method | eta / strength | success | place kept | both | both: direction |" in text
+
+
+def _with_pick(results, method, right):
+    for r, ok in zip(results, right):
+        r["methods"][method]["records"].append({"setting": shapes_benchmark.AUTO, "seed": 0, "success": ok,
+                                                "place": ok, "both": ok})
+    return results
+
+
+def test_two_runs_picks_are_compared_paired_over_their_cases(bench, tmp_path, capsys):
+    """a - b over the shared cases with a paired bootstrap: runs that differ on the same 2 of 20 cases give
+    an interval tighter than either run's own; the script reads both JSONs and refuses other cases."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import compare_picks
+
+    cases = bench.make_cases(20, seed=0)
+    a, meta = _run(cases, ["sweep"])
+    b, _ = _run(cases, ["default"])
+    _with_pick(a, "sweep", [i < 12 for i in range(20)])
+    _with_pick(b, "default", [i < 10 for i in range(20)])
+    d = bench.paired_difference(bench.picked_right(a, "sweep"), bench.picked_right(b, "default"))
+    assert (d["n"], d["a"], d["b"], d["only_a"], d["only_b"]) == (20, 12, 10, [10, 11], [])
+    assert d["difference"] == pytest.approx(0.1) and 0.0 <= d["interval"][0] < 0.1 < d["interval"][1] <= 0.25
+    own = bench.bootstrap_interval([i < 12 for i in range(20)])
+    assert d["interval"][1] - d["interval"][0] < own[1] - own[0]
+    with pytest.raises(ValueError, match="no automatically picked edit"):
+        bench.picked_right(_run(cases, ["x"])[0], "x")
+
+    paths = []
+    for name, results in (("a", a), ("b", b)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"meta": {**meta, "world": 1}, "cases": results}))
+    assert compare_picks.main([str(p) for p in paths]) == 0
+    out = capsys.readouterr().out
+    assert "a 12 of 20 (60%), b 10 (50%); a - b = +10 points (95% paired bootstrap: +0 to" in out
+    assert "right in a only: [10, 11]; in b only: none" in out
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"meta": {**meta, "world": 1},
+                                 "cases": _with_pick(_run(bench.make_cases(20, seed=1), ["default"])[0], "default",
+                                                     [True] * 20)}))
+    with pytest.raises(SystemExit, match="case 0 is not the same edit in both runs"):
+        compare_picks.main([str(paths[0]), str(other)])
+    with pytest.raises(SystemExit, match="--method_b 'nope'"):
+        compare_picks.main([str(paths[0]), str(paths[1]), "--method_b", "nope"])
