@@ -583,6 +583,27 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def map_in_processes(fn, items: list, workers: int) -> list:
+    """``[fn(item) for item in items]`` in ``workers`` spawned processes that do not outlive this one: a SIGTERM
+    to this process ends them too (its default action would end this process alone and leave them running)."""
+    import multiprocessing as mp
+    import signal
+    import threading
+
+    handled = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if handled else None
+    try:
+        with mp.get_context("spawn").Pool(workers) as pool:  # leaving the block terminates the workers
+            return pool.map(fn, items)
+    finally:
+        if handled:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from imagic_lora.config import ImagicConfig
@@ -602,9 +623,7 @@ def main(argv=None) -> int:
     chunks = [cases[i::args.workers] for i in range(args.workers)]
     start = time.perf_counter()
     if args.workers > 1:
-        import multiprocessing as mp
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            parts = pool.map(_worker, [(chunk, methods, baselines, args, 1) for chunk in chunks])
+        parts = map_in_processes(_worker, [(chunk, methods, baselines, args, 1) for chunk in chunks], args.workers)
     else:
         parts = [_worker((cases, methods, baselines, args, torch.get_num_threads()))]
     results = sorted((r for part in parts for r in part), key=lambda r: r["case"])

@@ -237,3 +237,50 @@ def test_two_runs_picks_are_compared_paired_over_their_cases(bench, tmp_path, ca
         compare_picks.main([str(paths[0]), str(other)])
     with pytest.raises(SystemExit, match="--method_b 'nope'"):
         compare_picks.main([str(paths[0]), str(paths[1]), "--method_b", "nope"])
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="reads children from /proc (Linux)")
+def test_a_terminated_benchmark_takes_its_worker_processes_with_it():
+    """SIGTERM to the parent of map_in_processes ends the spawned workers too (they used to run on, orphaned)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    def children(pid):
+        found = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+        return found
+
+    def alive(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time\nfrom imagic_lora.shapes_benchmark import "
+                               "map_in_processes\nmap_in_processes(time.sleep, [300, 300], 2)"])
+    try:
+        deadline = time.time() + 120
+        workers = []
+        while len(workers) < 2 and time.time() < deadline and parent.poll() is None:
+            time.sleep(0.5)
+            workers = [c for c in children(parent.pid)
+                       if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()] if alive(parent.pid) else []
+        assert len(workers) == 2, "the two workers never started"
+        time.sleep(2)  # let them reach time.sleep
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) != 0
+        deadline = time.time() + 30
+        while any(alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(w) for w in workers), "a worker outlived the terminated benchmark"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for w in workers if "workers" in locals() else []:
+            if alive(w):
+                os.kill(w, signal.SIGKILL)
