@@ -122,6 +122,12 @@ def random_scene(rng: random.Random, resolution: int = RESOLUTION, world: int = 
     triangle's direction."""
     if world not in WORLDS:
         raise ValueError(f"world version {world} is not one of {WORLDS}")
+    unknown = set(fixed) - {"shape", "color", "size", "background", "direction"}
+    if unknown:
+        raise ValueError(f"random_scene cannot pin {sorted(unknown)}")
+    if fixed.get("direction") and (world == 1 or fixed.get("shape") != "triangle"):
+        raise ValueError(f"a direction pins a triangle's way in world version 2 only: pin shape='triangle' and "
+                         f"world=2 with it (got world {world}, shape {fixed.get('shape')!r})")
     shape = fixed.get("shape") or rng.choice(SHAPES)
     color = fixed.get("color") or rng.choice(list(COLORS))
     size = fixed.get("size") or rng.choice(list(SIZES))

@@ -105,6 +105,12 @@ def test_version_1_draws_what_it_always_drew_and_version_2_adds_only_the_directi
         assert (v2.direction is not None) == (v2.shape == "triangle")
     with pytest.raises(ValueError, match="world version 3"):
         shapes.random_scene(random.Random(0), world=3)
+    assert shapes.random_scene(random.Random(0), world=2, shape="triangle", direction="left").direction == "left"
+    for world, fixed in ((1, {"shape": "triangle"}), (2, {}), (2, {"shape": "circle"})):
+        with pytest.raises(ValueError, match="a direction pins a triangle's way in world version 2 only"):
+            shapes.random_scene(random.Random(0), world=world, direction="left", **fixed)
+    with pytest.raises(ValueError, match=r"cannot pin \['colour'\]"):
+        shapes.random_scene(random.Random(0), colour="red")
 
 
 @pytest.mark.parametrize("direction", shapes.DIRECTIONS)
