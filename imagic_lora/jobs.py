@@ -24,7 +24,7 @@ from .output import read_config
 #: Settings a manifest line may override for its own job.
 OVERRIDABLE = ("etas", "seed", "num_seeds", "guidance_scale", "num_inference_steps", "recommended_eta",
                "emb_train_steps", "emb_learning_rate", "max_train_steps", "learning_rate", "rank", "lora_alpha",
-               "resize_mode", "resolution", "scheduler")
+               "resize_mode", "resolution", "scheduler", "strength")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_STEM = 96
 
@@ -59,10 +59,13 @@ def _check_override(name: str, value, where: str):
     kind = str(next(f.type for f in dataclasses.fields(ImagicConfig) if f.name == name))
     if value is None and "None" in kind:  # null: the run's value (a preset's or the flag's)
         return None
-    if name == "etas":
+    if name in ("etas", "strength"):
+        if name == "strength" and not isinstance(value, list):
+            value = [value]  # one strength, as the flag's one value
         if not isinstance(value, list) or not value or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
-            raise ImagicInputError("--manifest", f"{where}: 'etas' must be a non-empty list of numbers")
+            what = "a non-empty list of numbers" if name == "etas" else "a number or a non-empty list of numbers"
+            raise ImagicInputError("--manifest", f"{where}: {name!r} must be {what}")
         return [float(v) for v in value]
     if kind.startswith("str"):
         if not isinstance(value, str):

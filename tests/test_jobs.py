@@ -33,6 +33,30 @@ def test_manifest_jobs_overrides_and_relative_paths(tmp_path):
     assert cfg.output_dir == str(tmp_path / "runs" / "b-2") and cfg.seed == 4 and cfg.etas == [0.0, 1.5]
 
 
+def test_a_manifest_job_sets_its_own_strengths(tmp_path):
+    """--strength per job: one number or a list, checked against the flag's rules with the job named."""
+    from imagic_lora.config import ImagicConfig
+    from imagic_lora.runner import check_inputs
+    manifest = write_lines(
+        tmp_path / "jobs.jsonl",
+        json.dumps({"id": "one", "image": "a.png", "target_prompt": "t", "strength": 0.8}),
+        json.dumps({"id": "two", "image": "a.png", "target_prompt": "t", "strength": [1, 0.8]}),
+        json.dumps({"id": "run", "image": "a.png", "target_prompt": "t"}))
+    jobs = read_manifest(manifest)
+    run = ImagicConfig(output_dir=str(tmp_path / "runs"), strength=[0.6])
+    assert [j.config(run).strength for j in jobs] == [[0.8], [1.0, 0.8], [0.6]]
+    for bad, problem in (("high", "'strength' must be a number or a non-empty list of numbers"),
+                         ([], "'strength' must be a number or a non-empty list of numbers")):
+        with pytest.raises(ImagicInputError, match=problem):
+            read_manifest(write_lines(tmp_path / "bad.jsonl", json.dumps(
+                {"id": "a", "image": "a.png", "target_prompt": "t", "strength": bad})))
+    out_of_range = read_manifest(write_lines(tmp_path / "range.jsonl", json.dumps(
+        {"id": "far", "image": "a.png", "target_prompt": "t", "strength": [1.5]})))
+    with pytest.raises(ImagicInputError, match=r"job far: .*--strength.*must be in \(0, 1\]"):
+        check_inputs(ImagicConfig(output_dir=str(tmp_path / "runs"), manifest=str(tmp_path / "range.jsonl"),
+                                  preset="shapes").resolved(), out_of_range)
+
+
 @pytest.mark.parametrize("line,problem", [
     ("{not json", "not JSON"),
     ('["a list"]', "not a JSON object"),
