@@ -105,6 +105,16 @@ def test_the_default_edit_succeeds_by_the_judge(tmp_path):
     assert int(np.abs(mine - run).max()) <= 1
 
 
+def test_training_script_refuses_a_context_shorter_than_its_captions_before_training(tmp_path):
+    out = tmp_path / "model"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_shapes_model.py"), "--smoke", "--world", "2",
+                           "--max_caption_tokens", "11", "--output_dir", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == "--max_caption_tokens 11 is below the longest caption's 12 tokens"
+    assert not out.exists()  # refused before anything was written
+
+
 @pytest.mark.parametrize("seed", [3])
 def test_training_script_is_deterministic_from_its_seed(tmp_path, seed):
     outputs = []
