@@ -19,12 +19,17 @@ class _Drop(logging.Filter):
         return not all(fragment in message for fragment in self.fragments)
 
 
-#: logger -> the fragments a dropped message contains, all of them.
+#: logger -> the messages dropped, each given by the fragments it contains, all of them.
 KNOWN = {
-    # bitsandbytes looks for optional 4-bit CPU kernels on import; 8-bit AdamW never uses them.
-    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward", "No module named 'kernels'"),
+    # bitsandbytes looks for optional 4-bit CPU kernels on import; 8-bit AdamW never uses them. Why the load
+    # fails varies: no `kernels` package; with it (transformers >= 5.25 requires it), a hub kernel refused as
+    # untrusted, or not in the cache of an offline machine. Whatever the reason, the kernel is not needed.
+    "bitsandbytes.backends.cpu.ops": (("Failed to load CPU gemm_4bit_forward from kernels-community",),),
+    # The kernels package, asked for that kernel offline, says it skips the hub's trust check.
+    "kernels._internals.hf_hub": (("Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'",
+                                   "offline mode"),),
     # transformers falls back to the PIL image processors without torchvision; no pipeline here uses them.
-    "transformers.utils.import_utils": ("requires torchvision (not installed); falling back to",),
+    "transformers.utils.import_utils": (("requires torchvision (not installed); falling back to",),),
 }
 
 _installed: set[str] = set()
@@ -32,9 +37,10 @@ _installed: set[str] = set()
 
 def silence_known_messages() -> None:
     """Install the filters (idempotent): call before the libraries are imported."""
-    for name, fragments in KNOWN.items():
+    for name, messages in KNOWN.items():
         if name not in _installed:
-            logging.getLogger(name).addFilter(_Drop(*fragments))
+            for fragments in messages:
+                logging.getLogger(name).addFilter(_Drop(*fragments))
             _installed.add(name)
 
 

@@ -100,7 +100,7 @@ def test_a_run_says_what_it_edits_and_none_of_the_libraries_known_noise(quiet_ru
     out, proc = quiet_run
     text = proc.stdout + proc.stderr
     assert re.search(r"imagic_lora: editing \S+disc\.png towards 'a large blue square on a gray background'", text)
-    for noise in ("gemm_4bit_forward", "requires torchvision", "Loading pipeline components", "Loading weights",
+    for noise in ("gemm_4bit_forward", "publisher trust", "requires torchvision", "Loading pipeline components", "Loading weights",
                   "No LoRA keys associated"):
         assert noise not in text, noise
     # No progress bar in a log (the output is a pipe here, not a terminal): lines, not carriage returns.
@@ -167,3 +167,22 @@ def test_the_console_command_is_installed():
     assert command, "pip install -e . installs the imagic-lora command"
     proc = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "step B: fine-tune a LoRA" in proc.stdout
+
+
+def test_the_known_bitsandbytes_messages_are_dropped_and_no_other(caplog):
+    """bitsandbytes' 4-bit-kernel message, whatever its reason (no kernels package; with it, a kernel refused as
+    untrusted or not cached offline), is dropped; another message of the same logger is kept."""
+    import logging
+
+    from imagic_lora.quiet import silence_known_messages
+    silence_known_messages()
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger="bitsandbytes.backends.cpu.ops"):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'.")
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: Kernel repository "
+                    "'kernels-community/quantization-bitsandbytes' could not verify publisher trust status.")
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: Version 1 of 'kernels-community/"
+                    "quantization-bitsandbytes' is not available in the local cache and Hugging Face Hub is in "
+                    "offline mode.")
+        log.warning("Something else about gemm_4bit_forward")
+    assert [r.getMessage() for r in caplog.records] == ["Something else about gemm_4bit_forward"]
