@@ -122,7 +122,7 @@ def random_scene(rng: random.Random, resolution: int = RESOLUTION, world: int = 
     triangle's direction."""
     if world not in WORLDS:
         raise ValueError(f"world version {world} is not one of {WORLDS}")
-    unknown = set(fixed) - {"shape", "color", "size", "background", "direction"}
+    unknown = set(fixed) - set(ATTRIBUTES_V2)
     if unknown:
         raise ValueError(f"random_scene cannot pin {sorted(unknown)}")
     if fixed.get("direction") and (world == 1 or fixed.get("shape") != "triangle"):

@@ -291,8 +291,9 @@ def summarise(results: list[dict]) -> dict:
     return summary
 
 
-def bootstrap_interval(values: list[bool], draws: int = 10000, seed: int = 0) -> list[float]:
-    """The 95% bootstrap interval of the share of true ``values`` (one per case), resampling the cases."""
+def bootstrap_interval(values: list[float], draws: int = 10000, seed: int = 0) -> list[float]:
+    """The 95% bootstrap interval of the mean of ``values`` (one per case; of bools, the share of true ones),
+    resampling the cases."""
     x = np.asarray(values, dtype=np.float64)
     means = x[np.random.default_rng(seed).integers(0, len(x), (draws, len(x)))].mean(1)
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
@@ -339,11 +340,9 @@ def paired_difference(a: dict[int, bool], b: dict[int, bool], draws: int = 10000
     cases = sorted(set(a) & set(b))
     if not cases:
         raise ValueError("the two runs have no case in common")
-    x = np.asarray([a[c] for c in cases], dtype=np.float64) - np.asarray([b[c] for c in cases], dtype=np.float64)
-    means = x[np.random.default_rng(seed).integers(0, len(x), (draws, len(x)))].mean(1)
+    x = [float(a[c]) - float(b[c]) for c in cases]
     return {"n": len(cases), "a": int(sum(a[c] for c in cases)), "b": int(sum(b[c] for c in cases)),
-            "difference": float(x.mean()), "interval": [float(np.percentile(means, 2.5)),
-                                                        float(np.percentile(means, 97.5))],
+            "difference": float(np.mean(x)), "interval": bootstrap_interval(x, draws, seed),
             "only_a": [c for c in cases if a[c] and not b[c]], "only_b": [c for c in cases if b[c] and not a[c]]}
 
 
