@@ -83,6 +83,18 @@ def encode_prompt(pipe, prompt: str, device: torch.device | str) -> PromptEmbeds
     return PromptEmbeds(embeds.float())
 
 
+@torch.no_grad()
+def unconditional_embeds(pipe, device: torch.device | str) -> PromptEmbeds:
+    """The embedding the stock pipeline's classifier-free guidance contrasts with (no negative prompt): the
+    empty prompt's, or zeros where an SDXL pipeline's ``force_zeros_for_empty_prompt`` says so; fp32."""
+    if is_sdxl(pipe):
+        _, embeds, _, pooled = pipe.encode_prompt("", device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=True)
+        return PromptEmbeds(embeds.float(), pooled.float())
+    _, embeds = pipe.encode_prompt("", device, 1, True)
+    return PromptEmbeds(embeds.float())
+
+
 def is_sdxl(pipe) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None or type(pipe).__name__.startswith("StableDiffusionXL")
 

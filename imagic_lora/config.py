@@ -203,7 +203,13 @@ class ImagicConfig:
     # --- the automatic pick ----------------------------------------------------------------
     pick_edit: bool = _field(
         True, "Pick one image (eta > 0) as the edit, images/edit.png, by the model's own scores (base model, e_tgt "
-              "against e_opt) and where its edges lie (docs/pick.md).", "pick")
+              "against --pick_contrast) and where its edges lie (docs/pick.md).", "pick")
+    pick_contrast: str = _field(
+        "empty_prompt", "The pick's text score is each image's denoising error (base model) under this embedding "
+        "minus that under e_tgt. empty_prompt (the unconditional one step C's guidance uses): how much the target "
+        "text explains the image beyond no text. e_opt (the rule before): beyond the input's own embedding, which "
+        "also rewards any departure from the input, side effects included.", "pick",
+        choices=("empty_prompt", "e_opt"))
     pick_place_shift: float = _field(
         6 / 64, "The pick, step 1: candidates whose extent (the box around the image's strongest edges) has its "
                 "centre within this share of the frame of the input's kept the object in place, whatever its "
@@ -411,7 +417,7 @@ ARTIFACT_DIFFERENCES = ROUNDING_ONLY | {
     "output_dir", "input_image", "dry_run", "preset"}
 #: Settings that change only step C and the pick, which a resume redoes from the checkpoint of step B.
 STEP_C_SETTINGS = frozenset({"etas", "num_seeds", "recommended_eta", "guidance_scale", "num_inference_steps",
-                             "scheduler", "pick_edit", "pick_keep_fraction", "pick_place_shift",
+                             "scheduler", "pick_edit", "pick_contrast", "pick_keep_fraction", "pick_place_shift",
                              "lora_budget", "num_reconstruction_seeds", "pick_timesteps", "strength"})
 #: Settings that do not change what steps A and B compute: a checkpoint made under other values resumes.
 RESUMABLE_DIFFERENCES = ARTIFACT_DIFFERENCES | STEP_C_SETTINGS
@@ -420,6 +426,8 @@ LEGACY_RESOLVED = frozenset({"emb_train_batch_size", "mixed_precision", "resolut
 # The shapes preset's values that changed after presets existed (issue 25 halved its schedule): a record without
 # one of these keys was made before presets, at these values.
 PRE_PRESET_VALUES = {"emb_train_steps": 300, "train_batch_size": 4, "num_inference_steps": 25, "pick_timesteps": 16}
+# Settings added later, at what a record made before them had (the pick scored against e_opt until issue 22).
+ADDED_LATER = {"pick_contrast": "e_opt"}
 
 
 def _installed(package: str) -> bool:
@@ -436,7 +444,7 @@ def changed_settings(before: dict, now: dict) -> list[str]:
     (``--input_image`` for another image). A setting ``before`` lacks had its default then, and an
     image hash it lacks is not compared (records from before hashes were kept)."""
     # What every setting was before presets existed: the shapes preset's values as they were then.
-    defaults = {**ImagicConfig().resolved("shapes").settings(frozenset()), **PRE_PRESET_VALUES}
+    defaults = {**ImagicConfig().resolved("shapes").settings(frozenset()), **PRE_PRESET_VALUES, **ADDED_LATER}
     legacy = "settings" not in before and "format" in before  # a 0.1 artifact's record
     changed = []
     for key, value in now.items():

@@ -3,13 +3,17 @@
 The paper draws several seeds at several η and lets a person choose; it names choosing
 automatically as future work. Here every candidate image y (η > 0) gets three numbers:
 
-- a text score, a diffusion classifier between the two embeddings, read with the *base* model
+- a text score, a diffusion classifier between two embeddings, read with the *base* model
   (the LoRA switched off, so the fine-tuning's memory of the input does not vote):
 
-      s(y) = 1/K Σ_k ||target_k − f(y_{t_k}, t_k, e_opt)||² − ||target_k − f(y_{t_k}, t_k, e_tgt)||²
+      s(y) = 1/K Σ_k ||target_k − f(y_{t_k}, t_k, e_ref)||² − ||target_k − f(y_{t_k}, t_k, e_tgt)||²
 
   over K (t_k, ε_k) pairs shared by all candidates, with t_k spread over the noisier half of the
-  schedule (where the layout and the object are decided). The larger s, the better the target
+  schedule (where the layout and the object are decided). e_ref is the unconditional embedding
+  (the empty prompt's, as step C's guidance uses; ``--pick_contrast empty_prompt``): s asks how much
+  the target text explains y beyond no text, so a side effect the text does not ask for (another
+  colour or size than it names) lowers it. Against e_opt instead (the rule until issue 22), s also
+  grew with any departure from the input, side effects included. The larger s, the better the target
   text explains y compared with the input's own embedding;
 - a structure distance to the input: 1 − the correlation of the two images' edge maps (gradient
   magnitude, blurred by a tenth of the frame; :func:`structure_distances`). It asks whether the
@@ -21,18 +25,18 @@ automatically as future work. Here every candidate image y (η > 0) gets three n
   edge map no longer correlates with the input's.
 
 The input itself is scored too, with the same noises: s(x) is what "unedited" scores. It is the
-reference, not 0, because e_opt carries more of the photo than its attributes (on the shapes
-world, where the object is): an edit that keeps the object in place scores lower than one that
-moves it, often below 0, while the input scores lower still.
+reference, not 0: an unedited image is explained by the target text's unchanged words too (and
+against e_opt, which carries more of the photo than its attributes, an edit that keeps the object in
+place scores lower than one that moves it, often below 0, while the input scores lower still).
 
 The rule, in two steps:
 
 1. *In place first.* The candidates whose place shift is at most ``place_shift`` kept the photo's
    layout, whether their outlines changed or not. If any of them beats the input's score, the pick is
    the best-scoring of them. Deciding among the in-place candidates alone matters because a moved
-   object scores high on its own account (e_opt expects it where it was). No outline is rewarded for
-   being the input's: an edit that must change the outline (a triangle turned, a shape grown or
-   redrawn) competes with a recolour on its score alone.
+   object scores high on its own account (against e_opt, which expects it where it was). No outline is
+   rewarded for being the input's: an edit that must change the outline (a triangle turned, a shape
+   grown or redrawn) competes with a recolour on its score alone.
 2. *Otherwise* (no candidate kept the layout; none of those beats the input's score; or
    ``place_shift`` 0): a candidate counts as edited when its score lies at least ``keep_fraction`` of
    the way from s(x) to the best score, and the edited one nearest the input in structure is the pick.
@@ -93,18 +97,20 @@ def ranking(pick: Pick) -> list[int]:
 
 
 def pick_record(pick: Pick, candidates: list[tuple[float, int, float]], image: str, scored_with: str,
-                calibrated: bool = True) -> dict:
+                calibrated: bool = True, contrast: str = "empty_prompt") -> dict:
     """What imagic_config.json keeps of a pick among ``candidates`` [(eta, seed, strength), ...]: the picked
     (eta, seed, strength), where its copy is, which step of the rule decided ("chosen_in_place": step 1), every
     candidate's numbers ("place_shift": the extent's shift; "in_place": within the flag's bound, null when step 1
     is off), and the candidates ranked. ``calibrated``: the rule's thresholds were tuned on this kind of model
-    (the shapes world); elsewhere the pick is a suggestion to check against the ranking."""
+    (the shapes world); elsewhere the pick is a suggestion to check against the ranking. ``contrast``: the
+    embedding the text scores contrast e_tgt with ("empty_prompt" or "e_opt")."""
     def draw(c: tuple[float, int, float]) -> dict:
         return {"eta": c[0], "seed": c[1], "strength": c[2]}
 
     in_place = pick.in_place if pick.in_place is not None else [None] * len(candidates)
     shifts = pick.shifts if pick.shifts is not None else [math.nan] * len(candidates)
-    return {"image": image, **draw(candidates[pick.index]), "scored_with": scored_with, "calibrated": calibrated,
+    return {"image": image, **draw(candidates[pick.index]), "scored_with": scored_with, "contrast": contrast,
+            "calibrated": calibrated,
             "ranking": [draw(candidates[i]) for i in ranking(pick)],
             "input_text_score": _json_number(pick.reference), "chosen_in_place": pick.chosen_in_place,
             "candidates": [{**draw(c), "text_score": _json_number(t), "structure_distance": _json_number(d),
@@ -217,12 +223,12 @@ def score_timesteps(num_train_timesteps: int, num_timesteps: int) -> torch.Tenso
 
 
 @torch.no_grad()
-def text_scores(unet, noise_scheduler, latents: torch.Tensor, e_tgt: PromptEmbeds, e_opt: PromptEmbeds, *,
+def text_scores(unet, noise_scheduler, latents: torch.Tensor, e_tgt: PromptEmbeds, e_ref: PromptEmbeds, *,
                 num_timesteps: int = 16, generator: torch.Generator, weight_dtype: torch.dtype,
                 add_time_ids: torch.Tensor | None = None, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """s(y) for each latent: (N, C, h, w) fp32 -> (N,) fp32; positive where e_tgt denoises y better
-    than e_opt. One draw of K noises from ``generator`` (on the CPU), shared by every candidate and
-    both embeddings, so that differences between candidates are not sampling noise."""
+    than e_ref (the unconditional embedding, or e_opt). One draw of K noises from ``generator`` (on the CPU),
+    shared by every candidate and both embeddings, so that differences between candidates are not sampling noise."""
     n = latents.shape[0]
     timesteps = score_timesteps(noise_scheduler.config.num_train_timesteps, num_timesteps)
     noise = torch.randn((num_timesteps, *latents.shape[1:]), generator=generator, dtype=torch.float32)
@@ -234,7 +240,7 @@ def text_scores(unet, noise_scheduler, latents: torch.Tensor, e_tgt: PromptEmbed
     errors = {}
     calls = 2 * -(-n * num_timesteps // batch_size)
     bar = tqdm(total=calls, desc="pick: score", unit="call", disable=None if progress else True)
-    for name, embeds in (("tgt", e_tgt), ("opt", e_opt)):
+    for name, embeds in (("tgt", e_tgt), ("ref", e_ref)):
         parts = []
         for start in range(0, n * num_timesteps, batch_size):
             stop = min(start + batch_size, n * num_timesteps)
@@ -244,7 +250,7 @@ def text_scores(unet, noise_scheduler, latents: torch.Tensor, e_tgt: PromptEmbed
             bar.update()
         errors[name] = torch.cat(parts).view(n, num_timesteps).mean(1)
     bar.close()
-    return errors["opt"] - errors["tgt"]
+    return errors["ref"] - errors["tgt"]
 
 
 def _edited(scores: list[float], candidates: list[bool], reference: float, fraction: float) -> list[bool]:
@@ -288,7 +294,7 @@ def choose(text_scores: list[float], distances: list[float], keep_fraction: floa
 
 @torch.no_grad()
 def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: torch.Tensor, candidates: list,
-              e_tgt: PromptEmbeds, e_opt: PromptEmbeds, *, seed: int, weight_dtype: torch.dtype,
+              e_tgt: PromptEmbeds, e_ref: PromptEmbeds, *, seed: int, weight_dtype: torch.dtype,
               add_time_ids: torch.Tensor | None = None, num_timesteps: int = 16,
               keep_fraction: float = KEEP_FRACTION, place_shift: float = PLACE_SHIFT,
               batch_size: int = 8, progress: bool = False) -> tuple[Pick, str]:
@@ -311,7 +317,7 @@ def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: to
     if has_lora:
         unet.disable_adapters()
     try:
-        scores = text_scores(unet, noise_scheduler, latents, e_tgt.to(device), e_opt.to(device),
+        scores = text_scores(unet, noise_scheduler, latents, e_tgt.to(device), e_ref.to(device),
                              num_timesteps=num_timesteps, generator=torch.Generator().manual_seed(seed),
                              weight_dtype=weight_dtype, add_time_ids=add_time_ids, batch_size=batch_size,
                              progress=progress)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .artifact import load_lora, save_embeds, save_full_unet, save_lora, write_json, write_model_card
 from .checkpoint import CheckpointStore
-from .conditioning import PromptEmbeds, encode_prompt, interpolate, is_sdxl, sdxl_time_ids
+from .conditioning import PromptEmbeds, encode_prompt, interpolate, is_sdxl, sdxl_time_ids, unconditional_embeds
 from .config import ARTIFACT_DIFFERENCES, LORA_TARGET_PRESETS, RESUMABLE_DIFFERENCES, ImagicConfig, changed_settings
 from .diffusion import encode_image_latents, make_lr_scheduler, timestep_weights
 from .embedding import optimize_embedding
@@ -188,6 +188,7 @@ class ImagicRecipe:
                 for module in encoders + [pipe.vae]:
                     module.to(device)
                 e_tgt = encode_prompt(pipe, cfg.target_prompt, device)
+                e_null = unconditional_embeds(pipe, device) if cfg.pick_edit else None
                 latents = encode_image_latents(pipe.vae, pil_to_tensor(image))  # (1, C, h, w) fp32
                 meter.add_vae(encodes=1)
                 for module in encoders + [pipe.vae]:
@@ -326,7 +327,8 @@ class ImagicRecipe:
                     score_batch = max(2 * batch, 16384 // latents[0, 0].numel())
                     pick, scored_with = pick_edit(pipe, noise_scheduler, image, latents.to(device),
                                                   [Image.open(images[draw]).convert("RGB") for draw in candidates],
-                                                  e_tgt, e_opt, seed=cfg.seed + 2, weight_dtype=weight_dtype,
+                                                  e_tgt, e_null if cfg.pick_contrast == "empty_prompt" else e_opt,
+                                                  seed=cfg.seed + 2, weight_dtype=weight_dtype,
                                                   add_time_ids=add_time_ids, keep_fraction=cfg.pick_keep_fraction,
                                                   place_shift=cfg.pick_place_shift,
                                                   num_timesteps=cfg.pick_timesteps,
@@ -335,7 +337,7 @@ class ImagicRecipe:
                     meter.add_vae(encodes=len(candidates))
                     shutil.copyfile(images[candidates[pick.index]], out / "images" / EDIT_IMAGE_NAME)
                     picked = pick_record(pick, candidates, f"images/{EDIT_IMAGE_NAME}", scored_with,
-                                         calibrated=cfg.preset == "shapes")
+                                         calibrated=cfg.preset == "shapes", contrast=cfg.pick_contrast)
                 for module in encoders + [pipe.vae]:
                     module.to("cpu")
                 free_accelerator_cache(device)

@@ -153,6 +153,8 @@ def run_imagic(cli, case: Case, input_path: Path, flags: list[str], etas: list[f
         keep.mkdir(parents=True, exist_ok=True)
         shutil.copytree(out / "images", keep / "images")
         shutil.copyfile(out / "imagic_config.json", keep / "imagic_config.json")
+        if (out / "imagic_embeds.safetensors").is_file():  # e_opt and e_tgt: a replay can score the images again
+            shutil.copyfile(out / "imagic_embeds.safetensors", keep / "imagic_embeds.safetensors")
     shutil.rmtree(out, ignore_errors=True)
     return records, timing
 
