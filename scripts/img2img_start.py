@@ -39,6 +39,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, StableDiffusionImg2ImgPipel
 from imagic_lora import cli, pick, shapes  # noqa: E402
 from imagic_lora import shapes_benchmark as bench  # noqa: E402
 from imagic_lora.artifact import read_edit  # noqa: E402
+from imagic_lora.conditioning import unconditional_embeds  # noqa: E402
 from imagic_lora.diffusion import encode_image_latents  # noqa: E402
 from imagic_lora.images import pil_to_tensor  # noqa: E402
 
@@ -114,7 +115,10 @@ def main(argv=None) -> int:
                               "seed": k, "image": f"case{case.index}_s{strength}_eta{eta}_k{k}.png",
                               "edited": bool(v["success"]), "place": bool(v["place"]), "both": bool(v["both"])})
                 image.save(out / drawn[-1]["image"])
-            chosen, _ = pick.pick_edit(base, noise_scheduler, photo, latents, pool, edit.e_tgt, edit.e_opt,
+            # The contrast the CLI's run scored with (records from before --pick_contrast: e_opt).
+            e_ref = unconditional_embeds(base, "cpu") if record.get("pick_contrast", "e_opt") == "empty_prompt" \
+                else edit.e_opt
+            chosen, _ = pick.pick_edit(base, noise_scheduler, photo, latents, pool, edit.e_tgt, e_ref,
                                        seed=case.seed + 2, weight_dtype=torch.float32,
                                        num_timesteps=record["pick_timesteps"],
                                        keep_fraction=record["pick_keep_fraction"],

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from imagic_lora import shapes
-from imagic_lora.conditioning import encode_prompt
+from imagic_lora.conditioning import encode_prompt, unconditional_embeds
 from imagic_lora.config import BUNDLED_MODEL
 from imagic_lora.diffusion import encode_image_latents
 from imagic_lora.images import pil_to_tensor
@@ -205,6 +205,21 @@ def test_the_bundled_model_scores_the_render_of_the_target_text_positive():
     s = text_scores(pipe.unet, scheduler, latents, blue_circle, red_square, generator=torch.Generator().manual_seed(0),
                     weight_dtype=pipe.unet.dtype)
     assert s[0] > 0 > s[1], s.tolist()
+
+
+def test_unconditional_embeds_are_what_the_pipelines_guidance_contrasts_with(tiny, tmp_path):
+    """The pick's default contrast: the empty prompt's embedding (SD), zeros where SDXL forces them."""
+    from imagic_lora.tiny import make_tiny_sdxl
+    pipe = tiny[0]
+    e_null = unconditional_embeds(pipe, "cpu")
+    torch.testing.assert_close(e_null.prompt_embeds, encode_prompt(pipe, "", "cpu").prompt_embeds, rtol=0, atol=0)
+    assert e_null.pooled_prompt_embeds is None and e_null.prompt_embeds.dtype == torch.float32
+    xl = load_pipeline(str(make_tiny_sdxl(tmp_path / "xl")))
+    assert xl.config.force_zeros_for_empty_prompt
+    z, text = unconditional_embeds(xl, "cpu"), encode_prompt(xl, "", "cpu")
+    assert z.prompt_embeds.shape == text.prompt_embeds.shape
+    assert z.pooled_prompt_embeds.shape == text.pooled_prompt_embeds.shape
+    assert not z.prompt_embeds.any() and not z.pooled_prompt_embeds.any() and text.prompt_embeds.any()
 
 
 def test_pick_edit_scores_with_the_lora_off_and_turns_it_back_on(tiny):

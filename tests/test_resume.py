@@ -126,6 +126,17 @@ def test_a_record_from_before_presets_is_compared_at_the_values_of_then():
     assert changed_settings(old, then) == []
 
 
+def test_a_record_from_before_pick_contrast_was_scored_against_e_opt():
+    """Records made before --pick_contrast existed picked against e_opt: today's default is a change to them."""
+    from imagic_lora.config import ImagicConfig, changed_settings
+
+    now = ImagicConfig().resolved("shapes").settings(frozenset())
+    assert now["pick_contrast"] == "empty_prompt"
+    old = {k: v for k, v in now.items() if k != "pick_contrast"}
+    assert changed_settings(old, now) == ["--pick_contrast"]
+    assert changed_settings(old, ImagicConfig(pick_contrast="e_opt").resolved("shapes").settings(frozenset())) == []
+
+
 def test_a_checkpoint_from_before_a_new_flag_resumes_at_that_flags_default(tmp_path):
     """run.json written before --timestep_bias_* existed: resuming with their defaults is allowed, with a bias not."""
     import json
