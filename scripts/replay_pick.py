@@ -4,6 +4,7 @@
     python scripts/evaluate_shapes.py --seed 1000 --num_cases 40 --methods imagic_lora \\
         --keep_images runs/tune --output_dir runs/tune
     python scripts/replay_pick.py runs/tune/imagic_lora
+    python scripts/replay_pick.py runs/tune/imagic_lora --model <its base model> --contrast e_opt   # scored again
 
 Every case folder (case<i>/: images/ and imagic_config.json, written by --keep_images) holds the run's
 candidates, their text scores and the input. Each rule below chooses one candidate per case from those
@@ -57,6 +58,25 @@ def load_case(folder: Path, etas: list[float] | None = None, num_seeds: int | No
             "candidates": candidates, "scores": [c["text_score"] if c["text_score"] is not None else -math.inf
                                                  for c in kept],
             "reference": picked["input_text_score"]}
+
+
+def rescore(case: dict, folder: Path, pipe, contrast: str, num_timesteps: int | None = None) -> None:
+    """Score the case's candidates and input again with the base model ``pipe``, contrasting e_tgt with the
+    unconditional embedding or e_opt (``contrast``), at the run's noises (its seed + 2) and number of noise levels,
+    as the CLI's pick does (or at ``num_timesteps``): replaces the case's text scores and input score. Needs the kept embeddings
+    (imagic_embeds.safetensors, kept since --pick_contrast existed)."""
+    from imagic_lora.artifact import read_edit
+    from imagic_lora.conditioning import unconditional_embeds
+    from imagic_lora.diffusion import encode_image_latents
+    from imagic_lora.models import training_noise_scheduler
+
+    edit = read_edit(folder)
+    e_ref = unconditional_embeds(pipe, "cpu") if contrast == "empty_prompt" else edit.e_opt
+    latents = encode_image_latents(pipe.vae, pil_to_tensor(case["input"]))
+    chosen, _ = pick.pick_edit(pipe, training_noise_scheduler(pipe), case["input"], latents, case["images"],
+                               edit.e_tgt, e_ref, seed=edit.config["seed"] + 2, weight_dtype=torch.float32,
+                               num_timesteps=num_timesteps or edit.config["pick_timesteps"])
+    case["scores"], case["reference"] = chosen.text_scores, chosen.reference
 
 
 def target_of(prompt: str) -> dict:
@@ -156,7 +176,18 @@ def main(argv=None) -> int:
     parser.add_argument("--world", type=int, default=None, choices=shapes.WORLDS,
                         help="The world version the run's cases are of (its judge; version 2 judges a direction). "
                              "Default: 2 for a folder whose prompts name a direction, else 1.")
+    parser.add_argument("--model", default=None,
+                        help="Score the images again with this base model (the run's) instead of reading the run's "
+                             "scores; the cases must hold their embeddings.")
+    parser.add_argument("--contrast", default="empty_prompt", choices=("empty_prompt", "e_opt"),
+                        help="With --model: what the text score contrasts e_tgt with (the CLI's --pick_contrast).")
+    parser.add_argument("--pick_timesteps", type=int, default=None,
+                        help="With --model: score at this many noise levels instead of the run's.")
     args = parser.parse_args(argv)
+    pipe = None
+    if args.model:
+        from imagic_lora.models import load_pipeline
+        pipe = load_pipeline(args.model)
     tally: dict[str, dict[str, list[bool]]] = {}
     for folder in args.folders:
         case_dirs = sorted(Path(folder).glob("case*"), key=lambda p: int(p.name[4:]))
@@ -166,6 +197,8 @@ def main(argv=None) -> int:
             case = load_case(case_dir, args.etas, args.num_seeds)
             if case is None:
                 continue
+            if pipe is not None:
+                rescore(case, case_dir, pipe, args.contrast, args.pick_timesteps)
             input_reading = shapes.judge(case["input"], world)
             target = target_of(case["prompt"])
             kind = kind_of(input_reading, target, world)
