@@ -14,7 +14,7 @@ automatically as future work. Here every candidate image y (η > 0) gets three n
   the target text explains y beyond no text, so a side effect the text does not ask for (another
   colour or size than it names) lowers it. Against e_opt instead (the rule until issue 22), s also
   grew with any departure from the input, side effects included. The larger s, the better the target
-  text explains y compared with the input's own embedding;
+  text explains y compared with e_ref;
 - a structure distance to the input: 1 − the correlation of the two images' edge maps (gradient
   magnitude, blurred by a tenth of the frame; :func:`structure_distances`). It asks whether the
   outlines lie where the input's do, at any contrast: a recoloured object or a new background
@@ -228,7 +228,8 @@ def text_scores(unet, noise_scheduler, latents: torch.Tensor, e_tgt: PromptEmbed
                 add_time_ids: torch.Tensor | None = None, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """s(y) for each latent: (N, C, h, w) fp32 -> (N,) fp32; positive where e_tgt denoises y better
     than e_ref (the unconditional embedding, or e_opt). One draw of K noises from ``generator`` (on the CPU),
-    shared by every candidate and both embeddings, so that differences between candidates are not sampling noise."""
+    shared by every candidate and both embeddings, so that differences between candidates are not sampling
+    noise."""
     n = latents.shape[0]
     timesteps = score_timesteps(noise_scheduler.config.num_train_timesteps, num_timesteps)
     noise = torch.randn((num_timesteps, *latents.shape[1:]), generator=generator, dtype=torch.float32)
@@ -301,7 +302,8 @@ def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: to
     """Pick the edit among ``candidates`` (PIL images at the input's resolution) for the input: the
     PIL image steps A and B trained on and its latent (1, C, h, w). The pipeline's VAE and UNet must
     be on the device. The UNet's LoRA, if any, is switched off while scoring and back on after; a
-    fully fine-tuned UNet scores itself.
+    fully fine-tuned UNet scores itself. The text scores contrast ``e_tgt`` with ``e_ref``: the unconditional
+    embedding (:func:`imagic_lora.conditioning.unconditional_embeds`, the CLI's default) or e_opt.
     ``batch_size`` noisy latents go through the UNet at a time: twice step C's images per call
     (classifier-free guidance doubles its batch) keeps the peak memory at step C's.
     Returns the pick and which model scored ("base" or "fine-tuned")."""

@@ -188,7 +188,8 @@ class ImagicRecipe:
                 for module in encoders + [pipe.vae]:
                     module.to(device)
                 e_tgt = encode_prompt(pipe, cfg.target_prompt, device)
-                e_null = unconditional_embeds(pipe, device) if cfg.pick_edit else None
+                # What the pick's text score contrasts e_tgt with (--pick_contrast; e_opt exists only after A).
+                e_null = unconditional_embeds(pipe, device) if cfg.pick_contrast == "empty_prompt" else None
                 latents = encode_image_latents(pipe.vae, pil_to_tensor(image))  # (1, C, h, w) fp32
                 meter.add_vae(encodes=1)
                 for module in encoders + [pipe.vae]:
