@@ -244,18 +244,25 @@ def assert_kept(picked: dict, fraction: float, place_shift: float) -> None:
     assert sum(e is None for e in expected) < len(expected), "every candidate at the bar: the test cannot tell"
     assert all(e is None or c["kept"] == e for c, e in zip(picked["candidates"], expected)), (picked, expected)
     chosen = [c for c in picked["candidates"] if (c["eta"], c["seed"]) == (picked["eta"], picked["seed"])]
-    assert len(chosen) == 1 and chosen[0]["kept"], picked  # the pick is one of the kept candidates
+    assert len(chosen) == 1, picked
+    if max(c["text_score"] for c in picked["candidates"]) > picked["input_text_score"]:
+        assert chosen[0]["kept"], picked  # the pick is one of the kept candidates
+    else:  # none beats the input: none counts as edited, and the pick is the best-scoring one
+        assert not any(c["kept"] for c in picked["candidates"]) and not picked["chosen_in_place"], picked
+        assert chosen[0]["text_score"] == max(c["text_score"] for c in picked["candidates"]), picked
     if picked["chosen_in_place"]:  # step 1: the best score among the in-place candidates
         assert chosen[0]["text_score"] == max(c["text_score"] for c in picked["candidates"] if c["in_place"])
 
 
 def test_pick_flags_reach_the_pick(tiny_sd, input_png, tmp_path):
-    # Step 2 alone (--pick_place_shift 0) at the fraction 1.0.
+    # Contrasted with e_opt, some candidate of this seeded random-weight model beats the input's score (against the
+    # empty prompt none does), so both steps have something to keep. Step 2 alone (--pick_place_shift 0) at 1.0.
     assert run_inprocess(tiny_sd, input_png, tmp_path / "e", "--pick_keep_fraction", "1.0",
-                         "--pick_place_shift", "0") == 0
+                         "--pick_place_shift", "0", "--pick_contrast", "e_opt") == 0
     config = json.loads((tmp_path / "e" / "imagic_config.json").read_text())
     picked = config["picked"]
     assert config["pick_keep_fraction"] == 1.0 and config["pick_place_shift"] == 0.0
+    assert config["pick_contrast"] == picked["contrast"] == "e_opt"
     # Rounded to 6 decimals in the record: compare the flags it stores with the rule at 1.0.
     assert_kept(picked, 1.0, 0.0)
     # 1.0 keeps only the best score (ties aside), so the pick is a best-scoring image.
@@ -264,7 +271,7 @@ def test_pick_flags_reach_the_pick(tiny_sd, input_png, tmp_path):
     # Every candidate in place (2 is more than a frame's diagonal): with this seeded tiny model the best candidate
     # beats the input's score, so step 1 decides, among all the candidates.
     assert max(scores.values()) > picked["input_text_score"]
-    assert run_inprocess(tiny_sd, input_png, tmp_path / "f", "--pick_place_shift", "2") == 0
+    assert run_inprocess(tiny_sd, input_png, tmp_path / "f", "--pick_place_shift", "2", "--pick_contrast", "e_opt") == 0
     config = json.loads((tmp_path / "f" / "imagic_config.json").read_text())
     picked = config["picked"]
     assert config["pick_place_shift"] == 2.0 and picked["chosen_in_place"]
