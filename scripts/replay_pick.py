@@ -63,8 +63,8 @@ def load_case(folder: Path, etas: list[float] | None = None, num_seeds: int | No
 def rescore(case: dict, folder: Path, pipe, contrast: str, num_timesteps: int | None = None) -> None:
     """Score the case's candidates and input again with the base model ``pipe``, contrasting e_tgt with the
     unconditional embedding or e_opt (``contrast``), at the run's noises (its seed + 2) and number of noise levels,
-    as the CLI's pick does (or at ``num_timesteps``): replaces the case's text scores and input score. Needs the kept embeddings
-    (imagic_embeds.safetensors, kept since --pick_contrast existed)."""
+    as the CLI's pick does (or at ``num_timesteps``): replaces the case's text scores and input score. Needs the
+    kept embeddings (imagic_embeds.safetensors, kept since --pick_contrast existed)."""
     from imagic_lora.artifact import read_edit
     from imagic_lora.conditioning import unconditional_embeds
     from imagic_lora.diffusion import encode_image_latents
