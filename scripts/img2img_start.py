@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     cases = bench.select_kinds(bench.make_cases(args.num_cases, args.seed, 2), args.kinds, 2)
     base = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, dtype=torch.float32)
     noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)  # as the CLI's training scheduler
+    e_null = unconditional_embeds(base, "cpu")  # the pick's default contrast: one per base model
     images_tally: dict[str, list] = {}  # "kind strength eta" -> [case, edited, in place]
     pick_tally: dict[str, list] = {}  # "kind strength" -> [case, right]
     records = []  # one per candidate, with its scores, for replaying rules over pools of several strengths
@@ -116,8 +117,7 @@ def main(argv=None) -> int:
                               "edited": bool(v["success"]), "place": bool(v["place"]), "both": bool(v["both"])})
                 image.save(out / drawn[-1]["image"])
             # The contrast the CLI's run scored with (records from before --pick_contrast: e_opt).
-            e_ref = unconditional_embeds(base, "cpu") if record.get("pick_contrast", "e_opt") == "empty_prompt" \
-                else edit.e_opt
+            e_ref = e_null if record.get("pick_contrast", "e_opt") == "empty_prompt" else edit.e_opt
             chosen, _ = pick.pick_edit(base, noise_scheduler, photo, latents, pool, edit.e_tgt, e_ref,
                                        seed=case.seed + 2, weight_dtype=torch.float32,
                                        num_timesteps=record["pick_timesteps"],

@@ -60,20 +60,18 @@ def load_case(folder: Path, etas: list[float] | None = None, num_seeds: int | No
             "reference": picked["input_text_score"]}
 
 
-def rescore(case: dict, folder: Path, pipe, contrast: str, num_timesteps: int | None = None) -> None:
-    """Score the case's candidates and input again with the base model ``pipe``, contrasting e_tgt with the
-    unconditional embedding or e_opt (``contrast``), at the run's noises (its seed + 2) and number of noise levels,
-    as the CLI's pick does (or at ``num_timesteps``): replaces the case's text scores and input score. Needs the
-    kept embeddings (imagic_embeds.safetensors, kept since --pick_contrast existed)."""
+def rescore(case: dict, folder: Path, pipe, noise_scheduler, e_null, num_timesteps: int | None = None) -> None:
+    """Score the case's candidates and input again with the base model ``pipe``, contrasting e_tgt with ``e_null``
+    (the unconditional embedding) or, when None, the case's e_opt, at the run's noises (its seed + 2) and number of
+    noise levels, as the CLI's pick does (or at ``num_timesteps``): replaces the case's text scores and input score.
+    Needs the kept embeddings (imagic_embeds.safetensors, kept since --pick_contrast existed)."""
     from imagic_lora.artifact import read_edit
-    from imagic_lora.conditioning import unconditional_embeds
     from imagic_lora.diffusion import encode_image_latents
-    from imagic_lora.models import training_noise_scheduler
 
     edit = read_edit(folder)
-    e_ref = unconditional_embeds(pipe, "cpu") if contrast == "empty_prompt" else edit.e_opt
+    e_ref = e_null if e_null is not None else edit.e_opt
     latents = encode_image_latents(pipe.vae, pil_to_tensor(case["input"]))
-    chosen, _ = pick.pick_edit(pipe, training_noise_scheduler(pipe), case["input"], latents, case["images"],
+    chosen, _ = pick.pick_edit(pipe, noise_scheduler, case["input"], latents, case["images"],
                                edit.e_tgt, e_ref, seed=edit.config["seed"] + 2, weight_dtype=torch.float32,
                                num_timesteps=num_timesteps or edit.config["pick_timesteps"])
     case["scores"], case["reference"] = chosen.text_scores, chosen.reference
@@ -185,9 +183,12 @@ def main(argv=None) -> int:
                         help="With --model: score at this many noise levels instead of the run's.")
     args = parser.parse_args(argv)
     pipe = None
-    if args.model:
-        from imagic_lora.models import load_pipeline
+    if args.model:  # loaded, and the empty prompt encoded, once for every case
+        from imagic_lora.conditioning import unconditional_embeds
+        from imagic_lora.models import load_pipeline, training_noise_scheduler
         pipe = load_pipeline(args.model)
+        noise_scheduler = training_noise_scheduler(pipe)
+        e_null = unconditional_embeds(pipe, "cpu") if args.contrast == "empty_prompt" else None
     tally: dict[str, dict[str, list[bool]]] = {}
     for folder in args.folders:
         case_dirs = sorted(Path(folder).glob("case*"), key=lambda p: int(p.name[4:]))
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
             if case is None:
                 continue
             if pipe is not None:
-                rescore(case, case_dir, pipe, args.contrast, args.pick_timesteps)
+                rescore(case, case_dir, pipe, noise_scheduler, e_null, args.pick_timesteps)
             input_reading = shapes.judge(case["input"], world)
             target = target_of(case["prompt"])
             kind = kind_of(input_reading, target, world)
