@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .conditioning import PromptEmbeds, interpolate, is_sdxl
 from .generate import image_name
+from .config import BUNDLED_MODELS
 from .output import CONFIG_NAME
 
 #: The one LoRA file: kohya's format (``lora_unet_...``), which diffusers (``load_lora_weights``, by this
@@ -305,18 +306,17 @@ def write_model_card(folder: Path, config: dict) -> None:
         call += ', pooled_prompt_embeds=mix("pooled_prompt_embeds")'
     timings = config.get("wall_time_s", {})
     base = config.get("base_model", config["pretrained_model_name_or_path"])
-    bundled = base == "imagic_lora/bundled/shapes-sd"
+    bundled = BUNDLED_MODELS.get(base)  # the constant that names a bundled model's path, or None
     hub_id = not bundled and not Path(base).is_absolute() and base.count("/") == 1 and not Path(base).exists()
     eta, seed = recommended(config)
     picked = config.get("picked")
     reproduces = "edit.png`, the run's pick" if picked else f"{image_name(eta, seed, recommended_strength(config))}`"
     text = MODEL_CARD.format(
         front_matter=f"base_model: {base}\n" if hub_id else "",
-        base_import="from imagic_lora.config import BUNDLED_MODEL  # the model that comes with imagic-lora\n"
+        base_import=f"from imagic_lora.config import {bundled}  # the model that comes with imagic-lora\n"
         if bundled else "",
-        base_model_arg="BUNDLED_MODEL" if bundled else f'"{base}"',
-        base_model_text="the shapes-world model bundled with imagic-lora (`imagic_lora/bundled/shapes-sd`)"
-        if bundled else f"`{base}`",
+        base_model_arg=bundled or f'"{base}"',
+        base_model_text=f"the shapes-world model bundled with imagic-lora (`{base}`)" if bundled else f"`{base}`",
         family_tag="sdxl" if sdxl else "stable-diffusion",
         target_prompt=config["target_prompt"], kind="full UNet" if full else "LoRA adapter",
         files="\n".join(f"| `{name}` | {what} |" for name, what in files),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .artifact import recommended
+from .config import BUNDLED_MODELS
 
 #: Step C's samplers in ComfyUI's names (sampler, scheduler); PNDM has no ComfyUI counterpart.
 SAMPLERS = {"DDIMScheduler": ("ddim", "ddim_uniform"), "DPMSolverMultistepScheduler": ("dpmpp_2m", "normal"),
@@ -23,7 +24,7 @@ def workflow(config: dict, artifact_folder: str) -> dict:
     eta, seed = recommended(config)
     side = int(config["resolution"])
     base = str(config.get("base_model", config["pretrained_model_name_or_path"]))
-    if base == "imagic_lora/bundled/shapes-sd" or Path(base).is_dir():
+    if base in BUNDLED_MODELS or Path(base).is_dir():
         # A diffusers folder: put (or link) it into ComfyUI/models/diffusers/.
         loader = {"class_type": "DiffusersLoader", "inputs": {"model_path": Path(base).name}}
     else:  # a hub checkpoint: its single-file .safetensors in ComfyUI/models/checkpoints/

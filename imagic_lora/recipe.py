@@ -457,10 +457,11 @@ def _opt(tensor, device):
 def base_model_name(pretrained_model_name_or_path: str) -> str:
     """How an artifact names its base model: a hub id as given; the bundled model by its place in the
     package, so that a card written on one machine works on another."""
-    from .config import BUNDLED_MODEL
+    from . import config
     path = Path(pretrained_model_name_or_path)
-    if path.is_dir() and path.resolve() == BUNDLED_MODEL.resolve():
-        return "imagic_lora/bundled/shapes-sd"
+    for name, constant in config.BUNDLED_MODELS.items():
+        if path.is_dir() and path.resolve() == getattr(config, constant).resolve():
+            return name
     return pretrained_model_name_or_path
 
 

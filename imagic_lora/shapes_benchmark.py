@@ -40,7 +40,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from . import cli, shapes
-from .config import BUNDLED_MODEL, as_list
+from .config import BUNDLED_MODEL, BUNDLED_MODEL_V2, as_list
 from .generate import image_name
 
 ROOT = Path(__file__).resolve().parents[1]  # model paths are reported relative to the project
@@ -547,12 +547,14 @@ def check_world(model: str, world: int) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(BUNDLED_MODEL), help="Base model (default: the bundled shapes model).")
+    p.add_argument("--model", default=None,
+                   help="Base model (default: the bundled shapes model of --world's version: imagic_lora/bundled/"
+                        "shapes-sd, or shapes-sd-v2 for --world 2).")
     p.add_argument("--num_cases", type=int, default=60)
     p.add_argument("--seed", type=int, default=0, help="Seed of the cases.")
     p.add_argument("--world", type=int, default=1, choices=shapes.WORLDS,
                    help="The shapes world's version: 2 adds direction edits (a fifth of the cases) and needs a "
-                        "version-2 model (--model; scripts/train_shapes_model.py --world 2).")
+                        "version-2 model (the bundled shapes-sd-v2, or scripts/train_shapes_model.py --world 2).")
     p.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
                    help="Only the cases of these kinds of edit (shape, color, size, background, direction): the same "
                         "cases, by index, as the full run of --num_cases.")
@@ -581,7 +583,10 @@ def parse_args(argv=None):
                    help="Keep each Imagic case's images and record in DIR/<method>/case<i>/ (to redo a pick offline).")
     p.add_argument("--notes", default=None, help="A markdown file whose text the report includes (the defaults "
                                                  "chosen and why).")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.model is None:
+        args.model = str(BUNDLED_MODEL_V2 if args.world == 2 else BUNDLED_MODEL)
+    return args
 
 
 def _exit_on_sigterm(signum, frame):

@@ -40,13 +40,15 @@ from imagic_lora import cli, pick, shapes  # noqa: E402
 from imagic_lora import shapes_benchmark as bench  # noqa: E402
 from imagic_lora.artifact import read_edit  # noqa: E402
 from imagic_lora.conditioning import unconditional_embeds  # noqa: E402
+from imagic_lora.config import BUNDLED_MODEL_V2  # noqa: E402
 from imagic_lora.diffusion import encode_image_latents  # noqa: E402
 from imagic_lora.images import pil_to_tensor  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="A world-version-2 model (scripts/train_shapes_model.py --world 2).")
+    p.add_argument("--model", default=str(BUNDLED_MODEL_V2),
+                   help="A world-version-2 model (default: the bundled imagic_lora/bundled/shapes-sd-v2).")
     p.add_argument("--max_train_steps", type=int, default=200, help="Step B's steps for the CLI run.")
     p.add_argument("--num_cases", type=int, default=40, help="Cases of the full run; a fifth are of each kind.")
     p.add_argument("--seed", type=int, default=1000, help="Seed of the cases (1000: the tuning cases).")

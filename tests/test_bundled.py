@@ -14,17 +14,21 @@ from PIL import Image
 
 from conftest import ROOT
 from imagic_lora import shapes
-from imagic_lora.config import BUNDLED_MODEL, DEFAULT_EXAMPLE, DEFAULT_TARGET_PROMPT, ImagicConfig
+from imagic_lora.config import BUNDLED_MODEL, BUNDLED_MODEL_V2, DEFAULT_EXAMPLE, DEFAULT_TARGET_PROMPT, ImagicConfig
+from imagic_lora.vocabulary import read_vocabulary
 import imagic_lora.cli as cli
 
 
-def test_bundled_model_is_small_and_loads_like_a_real_checkpoint():
-    size = sum(f.stat().st_size for f in BUNDLED_MODEL.rglob("*") if f.is_file())
+@pytest.mark.parametrize("model", [BUNDLED_MODEL, BUNDLED_MODEL_V2], ids=["v1", "v2"])
+def test_bundled_model_is_small_and_loads_like_a_real_checkpoint(model):
+    size = sum(f.stat().st_size for f in model.rglob("*") if f.is_file())
     assert size < 25e6
-    pipe = StableDiffusionPipeline.from_pretrained(str(BUNDLED_MODEL), safety_checker=None, dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, dtype=torch.float32)
     assert pipe.vae_scale_factor * pipe.unet.config.sample_size == 64
-    report = json.loads((BUNDLED_MODEL / "training_report.json").read_text())
+    report = json.loads((model / "training_report.json").read_text())
     assert report["vae"]["heldout_psnr_db"] >= 30
+    # The world it was trained on is the one its vocabulary names (what evaluate_shapes.py checks).
+    assert set(shapes.words(report["args"].get("world", 1))) <= set(read_vocabulary(model / "tokenizer"))
 
 
 def test_bundled_model_draws_what_the_caption_says():
@@ -40,6 +44,23 @@ def test_bundled_model_draws_what_the_caption_says():
     right = sum(shapes.matches(shapes.judge(image), dict(zip(shapes.ATTRIBUTES, scene)))
                 for image, scene in zip(images, scenes))
     assert right >= 3, [shapes.judge(image).attributes() for image in images]
+
+
+def test_bundled_v2_model_draws_the_direction_its_caption_names():
+    """World version 2's model: a triangle pointing each way, and two other shapes, each judged in full."""
+    pipe = StableDiffusionPipeline.from_pretrained(str(BUNDLED_MODEL_V2), safety_checker=None, dtype=torch.float32)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    scenes = [("triangle", "red", "large", "white", "up"), ("triangle", "blue", "large", "black", "down"),
+              ("triangle", "yellow", "large", "gray", "left"), ("triangle", "green", "large", "white", "right"),
+              ("circle", "red", "large", "black", None), ("square", "blue", "large", "white", None)]
+    prompts = [shapes.caption(*scene) for scene in scenes]
+    images = pipe(prompts, guidance_scale=3.0, num_inference_steps=25,
+                  generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))]).images
+    readings = [shapes.judge(image, world=2) for image in images]
+    right = sum(shapes.matches(reading, dict(zip(shapes.ATTRIBUTES_V2, scene)))
+                for reading, scene in zip(readings, scenes))
+    assert right >= 5, [(r.attributes(), r.direction) for r in readings]
 
 
 def test_examples_are_unseen_photos_the_judge_reads():

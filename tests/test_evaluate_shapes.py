@@ -57,6 +57,9 @@ def test_version_2_needs_a_model_that_knows_its_words(bench):
     with pytest.raises(SystemExit, match="--world 2: .* does not know down, left, pointing, right, up"):
         bench.check_world(str(bench.BUNDLED_MODEL), 2)
     bench.check_world(str(bench.BUNDLED_MODEL), 1)
+    bench.check_world(str(bench.BUNDLED_MODEL_V2), 2)  # the bundled version-2 model, the default for --world 2
+    assert bench.parse_args(["--world", "2", "--output_dir", "x"]).model == str(bench.BUNDLED_MODEL_V2)
+    assert bench.parse_args(["--output_dir", "x"]).model == str(bench.BUNDLED_MODEL)
 
 
 def test_kinds_keep_their_cases_as_in_the_full_run(bench):

@@ -342,6 +342,13 @@ def test_the_model_card_names_the_bundled_model_portably_and_links_nothing_unrea
     assert "github.com" not in card and "/somewhere" not in card
     assert "from_pretrained(BUNDLED_MODEL" in card and "base_model:" not in card
     assert "eta = 1.0" in card and "manual_seed(4)" in card
+    config.update(base_model="imagic_lora/bundled/shapes-sd-v2")  # world version 2's model, by its own constant
+    write_model_card(tmp_path, config)
+    card = (tmp_path / "README.md").read_text()
+    assert "import BUNDLED_MODEL_V2" in card and "from_pretrained(BUNDLED_MODEL_V2" in card and "/somewhere" not in card
+    from imagic_lora.config import BUNDLED_MODEL_V2
+    from imagic_lora.recipe import base_model_name
+    assert base_model_name(str(BUNDLED_MODEL_V2)) == "imagic_lora/bundled/shapes-sd-v2"
     config.update(base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", picked={"eta": 0.7, "seed": 2,
                                                                                     "calibrated": False})
     write_model_card(tmp_path, config)
