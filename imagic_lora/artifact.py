@@ -23,8 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .conditioning import PromptEmbeds, interpolate, is_sdxl
-from .generate import image_name
 from .config import BUNDLED_MODELS
+from .generate import image_name
 from .output import CONFIG_NAME
 
 #: The one LoRA file: kohya's format (``lora_unet_...``), which diffusers (``load_lora_weights``, by this

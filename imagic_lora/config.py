@@ -26,7 +26,8 @@ BUNDLED_MODEL = Path(__file__).resolve().parent / "bundled" / "shapes-sd"
 BUNDLED_MODEL_V2 = Path(__file__).resolve().parent / "bundled" / "shapes-sd-v2"
 #: How an artifact names each bundled model (its place in the package, the same on every machine) -> the
 #: constant that holds its path here.
-BUNDLED_MODELS = {"imagic_lora/bundled/shapes-sd": "BUNDLED_MODEL", "imagic_lora/bundled/shapes-sd-v2": "BUNDLED_MODEL_V2"}
+BUNDLED_MODELS = {"imagic_lora/bundled/shapes-sd": "BUNDLED_MODEL",
+                  "imagic_lora/bundled/shapes-sd-v2": "BUNDLED_MODEL_V2"}
 #: What runs when no image is given: a bundled photo the bundled model never saw, and an edit.
 DEFAULT_EXAMPLE = Path(__file__).resolve().parent / "bundled" / "examples" / "red_circle.png"
 DEFAULT_TARGET_PROMPT = "a small blue circle on a white background"
