@@ -459,9 +459,10 @@ def base_model_name(pretrained_model_name_or_path: str) -> str:
     package, so that a card written on one machine works on another."""
     from . import config
     path = Path(pretrained_model_name_or_path)
-    for name, constant in config.BUNDLED_MODELS.items():
-        if path.is_dir() and path.resolve() == getattr(config, constant).resolve():
-            return name
+    if path.is_dir():
+        for name, constant in config.BUNDLED_MODELS.items():
+            if path.resolve() == getattr(config, constant).resolve():
+                return name
     return pretrained_model_name_or_path
 
 

@@ -31,16 +31,21 @@ def test_bundled_model_is_small_and_loads_like_a_real_checkpoint(model):
     assert set(shapes.words(report["args"].get("world", 1))) <= set(read_vocabulary(model / "tokenizer"))
 
 
-def test_bundled_model_draws_what_the_caption_says():
-    """A small sample of what the training report measures over every caption."""
-    pipe = StableDiffusionPipeline.from_pretrained(str(BUNDLED_MODEL), safety_checker=None, dtype=torch.float32)
+def draw(model, scenes, guidance_scale):
+    """One image per scene from its caption: DDIM 25 steps, seed i for the i-th."""
+    pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, dtype=torch.float32)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    prompts = [shapes.caption(*scene) for scene in scenes]
+    return pipe(prompts, guidance_scale=guidance_scale, num_inference_steps=25,
+                generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))]).images
+
+
+def test_bundled_model_draws_what_the_caption_says():
+    """A small sample of what the training report measures over every caption."""
     scenes = [("circle", "red", "large", "white"), ("square", "blue", "small", "black"),
               ("triangle", "yellow", "large", "gray"), ("square", "green", "large", "white")]
-    prompts = [shapes.caption(*scene) for scene in scenes]
-    images = pipe(prompts, guidance_scale=ImagicConfig().resolved("shapes").guidance_scale, num_inference_steps=25,
-                  generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))]).images
+    images = draw(BUNDLED_MODEL, scenes, ImagicConfig().resolved("shapes").guidance_scale)
     right = sum(shapes.matches(shapes.judge(image), dict(zip(shapes.ATTRIBUTES, scene)))
                 for image, scene in zip(images, scenes))
     assert right >= 3, [shapes.judge(image).attributes() for image in images]
@@ -48,16 +53,10 @@ def test_bundled_model_draws_what_the_caption_says():
 
 def test_bundled_v2_model_draws_the_direction_its_caption_names():
     """World version 2's model: a triangle pointing each way, and two other shapes, each judged in full."""
-    pipe = StableDiffusionPipeline.from_pretrained(str(BUNDLED_MODEL_V2), safety_checker=None, dtype=torch.float32)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     scenes = [("triangle", "red", "large", "white", "up"), ("triangle", "blue", "large", "black", "down"),
               ("triangle", "yellow", "large", "gray", "left"), ("triangle", "green", "large", "white", "right"),
               ("circle", "red", "large", "black", None), ("square", "blue", "large", "white", None)]
-    prompts = [shapes.caption(*scene) for scene in scenes]
-    images = pipe(prompts, guidance_scale=3.0, num_inference_steps=25,
-                  generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))]).images
-    readings = [shapes.judge(image, world=2) for image in images]
+    readings = [shapes.judge(image, world=2) for image in draw(BUNDLED_MODEL_V2, scenes, 3.0)]
     right = sum(shapes.matches(reading, dict(zip(shapes.ATTRIBUTES_V2, scene)))
                 for reading, scene in zip(readings, scenes))
     assert right >= 5, [(r.attributes(), r.direction) for r in readings]
