@@ -19,10 +19,11 @@ from pathlib import Path
 from .errors import ImageFileError, ImagicInputError
 from .output import OutputError, check_output_dir, check_writable
 
-#: The model the package ships: a small Stable-Diffusion-format model of the "shapes world".
+#: The first model the package shipped: a small Stable-Diffusion-format model of the "shapes world", version 1
+#: (kept so that its artifacts still load).
 BUNDLED_MODEL = Path(__file__).resolve().parent / "bundled" / "shapes-sd"
-#: The shapes world's version 2 (triangles that point up, down, left or right; docs/shapes_model.md), the model of
-#: its benchmark. Not the default: its edits need a longer schedule than the first command should take.
+#: The default model: the shapes world's version 2 (triangles that point up, down, left or right;
+#: docs/shapes_model.md), the model of its benchmark.
 BUNDLED_MODEL_V2 = Path(__file__).resolve().parent / "bundled" / "shapes-sd-v2"
 #: How an artifact names each bundled model (its place in the package, the same on every machine) -> the
 #: constant that holds its path here.
@@ -76,15 +77,16 @@ GROUPS = {
 class ImagicConfig:
     # --- model -------------------------------------------------------------------------
     pretrained_model_name_or_path: str = _field(
-        str(BUNDLED_MODEL), "Base model: a hub id or a local diffusers folder (SD 1.x/2.x/XL); the bundled "
-        "shapes-world model when not given.", "model")
+        str(BUNDLED_MODEL_V2), "Base model: a hub id or a local diffusers folder (SD 1.x/2.x/XL); the bundled "
+        "shapes-world model (version 2) when not given.", "model")
     revision: str | None = _field(None, "Git revision of the base model on the hub.", "model")
     variant: str | None = _field(None, "Weights variant of the base model, e.g. fp16.", "model")
     pretrained_vae_model_name_or_path: str | None = _field(
         None, "Optional replacement VAE (hub id or folder), e.g. an fp16-safe SDXL VAE.", "model")
     preset: str | None = _field(
-        None, "Defaults for the model family: shapes, sd1, sd2, sd2-v or sdxl; read from the model when not "
-        "given. A flag you give overrides its value.", "model", choices=(None, "shapes", "sd1", "sd2", "sd2-v", "sdxl"))
+        None, "Defaults for the model family: shapes, shapes-v2, sd1, sd2, sd2-v or sdxl; read from the model when "
+        "not given. A flag you give overrides its value.", "model",
+        choices=(None, "shapes", "shapes-v2", "sd1", "sd2", "sd2-v", "sdxl"))
     # --- input -------------------------------------------------------------------------
     input_image: str | None = _field(
         None, "The image to edit (PNG/JPEG/WebP...); a bundled example photo when not given.", "input")
@@ -196,8 +198,8 @@ class ImagicConfig:
     sample_batch_size: int | None = _field(
         None, "Step C: images per pipeline call; 8 up to 256 px, else 4 (SDXL: 1) when not given. 1 uses the least "
         "memory and makes each image bit-identical to a one-image stock pipeline call (LoRA fused; fp32).", "C")
-    strength: list[float] = _field(
-        [1.0], "Step C starts from the input image noised to this share of the schedule, as diffusers' img2img "
+    strength: list[float] | None = _field(
+        None, "Step C starts from the input image noised to this share of the schedule, as diffusers' img2img "
         "does, instead of from pure noise (1.0, the paper's). Below 1 the photo's layout holds: an object "
         "turned or resized stays where it was; the model card's code then uses the img2img pipeline. Several "
         "values: every eta and seed is drawn at each (eta 0 at the first only), and the pick chooses among all.",
@@ -338,12 +340,12 @@ class ImagicConfig:
             raise ImagicInputError("--pick_place_shift", f"must be in [0, 2] (0: off), got {self.pick_place_shift}")
         if self.lora_budget is not None and not (math.isfinite(self.lora_budget) and 0 < self.lora_budget <= 1):
             raise ImagicInputError("--lora_budget", f"must be in (0, 1] (1: the whole adapter), got {self.lora_budget}")
-        if not self.strength:
+        if self.strength is not None and not self.strength:
             raise ImagicInputError("--strength", "is empty; give at least one value, e.g. --strength 1.0")
-        for strength in self.strength:
+        for strength in self.strength or []:
             if not (math.isfinite(strength) and 0 < strength <= 1):
                 raise ImagicInputError("--strength", f"must be in (0, 1] (1: from pure noise), got {strength}")
-        _distinct_names(self.strength, "--strength", "strength")
+        _distinct_names(self.strength or [], "--strength", "strength")
         if not 0 < self.pick_keep_fraction <= 1:
             raise ImagicInputError("--pick_keep_fraction", f"must be in (0, 1], got {self.pick_keep_fraction}")
         if not 0 < self.timestep_bias_portion <= 1:
@@ -542,9 +544,9 @@ def _default_text(f: dataclasses.Field) -> str:
     """What --help says of a flag's default (never twice)."""
     from .presets import PRESET_FIELDS, PRESETS
     if f.name in PRESET_FIELDS:
-        shapes, sd = PRESETS["shapes"].values[f.name], PRESETS["sd1"].values[f.name]
+        shapes, sd = PRESETS["shapes-v2"].values[f.name], PRESETS["sd1"].values[f.name]
         show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
-        return f" (default: the preset's; shapes {show(shapes)}, SD {show(sd)})"
+        return f" (default: the preset's; shapes-v2 {show(shapes)}, SD {show(sd)})"
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     if default is None:
         return ""  # the help says what happens when it is not given
@@ -559,7 +561,7 @@ def build_parser(prog: str = "imagic_lora") -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
         prog=prog, allow_abbrev=False, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Imagic with LoRA: edit one real image from a target text with a Stable Diffusion model. "
-                    "Flags a preset fills show the shapes and SD values; docs/presets.md has all.")
+                    "Flags a preset fills show the default model's (shapes-v2) and SD values; docs/presets.md has all.")
     groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
     for f in dataclasses.fields(ImagicConfig):
         meta = dict(f.metadata)

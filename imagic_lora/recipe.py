@@ -47,6 +47,7 @@ from .output import (CONFIG_NAME, WORKFLOW_NAME, FolderLock, StagedOutput, artif
                      recover_interrupted_replacement, target_path)
 from .pick import pick_edit, pick_record
 from .plan import Plan, WorkMeter, decide_optimizer
+from .presets import SHAPES_PRESETS
 from .runtime import training_convolutions
 
 logger = logging.getLogger("imagic_lora")
@@ -338,7 +339,7 @@ class ImagicRecipe:
                     meter.add_vae(encodes=len(candidates))
                     shutil.copyfile(images[candidates[pick.index]], out / "images" / EDIT_IMAGE_NAME)
                     picked = pick_record(pick, candidates, f"images/{EDIT_IMAGE_NAME}", scored_with,
-                                         calibrated=cfg.preset == "shapes", contrast=cfg.pick_contrast)
+                                         calibrated=cfg.preset in SHAPES_PRESETS, contrast=cfg.pick_contrast)
                 for module in encoders + [pipe.vae]:
                     module.to("cpu")
                 free_accelerator_cache(device)

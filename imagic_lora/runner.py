@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .config import (ARTIFACT_DIFFERENCES, BUNDLED_MODEL, DEFAULT_EXAMPLE, DEFAULT_TARGET_PROMPT, GROUPS,
-                     ImagicConfig, changed_settings, check_text)
+from .config import (ARTIFACT_DIFFERENCES, BUNDLED_MODEL, BUNDLED_MODEL_V2, DEFAULT_EXAMPLE, DEFAULT_TARGET_PROMPT,
+                     GROUPS, ImagicConfig, changed_settings, check_text)
 from .diffusion import NonFiniteLossError
 from .errors import ArgumentError, ImageFileError, ImagicInputError, ModelError
 from .generate import EDIT_IMAGE_NAME
@@ -122,7 +122,7 @@ def plan_jobs(cfg: ImagicConfig) -> list[Job]:
     if cfg.tedbench:
         return read_tedbench(cfg.tedbench)
     image, prompt = cfg.input_image, cfg.target_prompt
-    if image is None and Path(cfg.pretrained_model_name_or_path) == BUNDLED_MODEL:
+    if image is None and Path(cfg.pretrained_model_name_or_path) in (BUNDLED_MODEL, BUNDLED_MODEL_V2):
         # No image: the bundled example photo, and its edit unless a target text is given.
         image, prompt = str(DEFAULT_EXAMPLE), DEFAULT_TARGET_PROMPT if prompt is None else prompt
     if prompt is None:

@@ -13,6 +13,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from imagic_lora.config import as_list  # noqa: E402
+from imagic_lora.generate import image_name  # noqa: E402
+
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
@@ -21,9 +26,13 @@ def main(argv: list[str]) -> int:
     run, output = Path(argv[0]), Path(argv[1])
     record = json.loads((run / "imagic_config.json").read_text())
     eta, seed = record["recommended"]["eta"], record["recommended"]["seed"]
-    zero = sorted((run / "images").glob("eta_0.00_seed_*.png"))[0]
-    tiles = [("input", run / "images" / "input.png"), (f"eta 0, seed {zero.stem.split('_')[-1]}", zero),
-             (f"the pick: eta {eta:.1f}, seed {seed}", run / "images" / "edit.png")]
+    strength = record["recommended"].get("strength", 1.0)  # below 1: drawn from the noised input
+    first = as_list("strength", record.get("strength", 1.0))[0]  # eta 0 is drawn at the first strength
+    at = lambda s: f", strength {s}" if s < 1 else ""  # noqa: E731
+    zero = run / "images" / image_name(0.0, record["seeds"][0], first)
+    tiles = [("input", run / "images" / "input.png"), (f"eta 0, seed {record['seeds'][0]}{at(first)}", zero),
+             (f"the pick: eta {eta:.1f}, seed {seed}{at(strength)}",
+              run / "images" / "edit.png")]
     cell, label_h = 192, 20
     sheet = Image.new("RGB", (len(tiles) * cell, cell + label_h), "white")
     draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()

@@ -18,9 +18,12 @@ EXAMPLES = {
     "red_circle.png": (Scene("circle", "red", "small", "white", 17.0, 20.0, 41.0), 101,
                        ["a small blue circle on a white background", "a small red circle on a black background",
                         "a large red circle on a white background"]),
-    "green_triangle.png": (Scene("triangle", "green", "large", "gray", 34.0, 38.0, 30.0), 102,
-                           ["a large green triangle on a black background", "a large yellow triangle on a gray "
-                            "background", "a large green square on a gray background"]),
+    # Captioned as world version 2 (the default model's) names it; the image is the same as version 1's upright one.
+    "green_triangle.png": (Scene("triangle", "green", "large", "gray", 34.0, 38.0, 30.0, "up"), 102,
+                           ["a large green triangle pointing left on a gray background",
+                            "a large green triangle pointing up on a black background",
+                            "a large yellow triangle pointing up on a gray background",
+                            "a large green square on a gray background"]),
     "yellow_square.png": (Scene("square", "yellow", "small", "black", 15.0, 44.0, 22.0), 103,
                           ["a small yellow square on a white background", "a small red square on a black background",
                            "a small yellow circle on a black background"]),

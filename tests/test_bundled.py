@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import ROOT
 from imagic_lora import shapes
 from imagic_lora.config import BUNDLED_MODEL, BUNDLED_MODEL_V2, DEFAULT_EXAMPLE, DEFAULT_TARGET_PROMPT, ImagicConfig
+from imagic_lora.generate import image_name
 from imagic_lora.vocabulary import read_vocabulary
 import imagic_lora.cli as cli
 
@@ -65,10 +66,13 @@ def test_bundled_v2_model_draws_the_direction_its_caption_names():
 def test_examples_are_unseen_photos_the_judge_reads():
     listing = json.loads((DEFAULT_EXAMPLE.parent / "examples.json").read_text())
     assert DEFAULT_EXAMPLE.name in listing and listing[DEFAULT_EXAMPLE.name]["edits"][0] == DEFAULT_TARGET_PROMPT
-    for name, entry in listing.items():
-        reading = shapes.judge(Image.open(DEFAULT_EXAMPLE.parent / name))
-        assert " ".join(["a", reading.size, reading.color, reading.shape, "on", "a", reading.background,
-                         "background"]) == entry["caption"]
+    for name, entry in listing.items():  # read as scenes of world version 2, the default model's
+        reading = shapes.judge(Image.open(DEFAULT_EXAMPLE.parent / name), world=2)
+        assert shapes.caption(reading.shape, reading.color, reading.size, reading.background,
+                              reading.direction) == entry["caption"]
+    # Every suggested edit is a caption the default model knows.
+    vocabulary = read_vocabulary(ImagicConfig().pretrained_model_name_or_path + "/tokenizer")
+    assert all(set(edit.split()) <= vocabulary for entry in listing.values() for edit in entry["edits"])
 
 
 def test_a_word_outside_the_vocabulary_is_named(capsys, tmp_path):
@@ -96,19 +100,22 @@ def test_the_default_edit_succeeds_by_the_judge(tmp_path):
     config = json.loads((out / "imagic_config.json").read_text())
     eta, seeds = config["recommended_eta"], config["seeds"]
     assert len(seeds) >= 2 and config["sample_batch_size"] == 8  # SD at 64 px: eight images per pipeline call
-    original = shapes.judge(Image.open(DEFAULT_EXAMPLE))
+    assert config["preset"] == "shapes-v2"  # the default model: world version 2's
+    original = shapes.judge(Image.open(DEFAULT_EXAMPLE), world=2)
     target = dict(zip(shapes.ATTRIBUTES, ("circle", "blue", "small", "white")))
-    edits = [shapes.judge(Image.open(out / "images" / f"eta_{eta:.2f}_seed_{seed}.png")) for seed in seeds]
+    edits = [shapes.judge(Image.open(out / "images" / image_name(eta, seed, strength)), world=2)
+             for seed in seeds for strength in config["strength"]]
     assert any(shapes.matches(edited, target) and shapes.centre_distance(edited, original.cx, original.cy) <= 6
                for edited in edits), [(e.attributes(), e.cx, e.cy) for e in edits]
-    # eta 0 gives the input back, in place, for every seed it is drawn for.
+    # eta 0 gives the input back, in place, for every seed it is drawn for (at the first strength).
     assert config["num_reconstruction_seeds"] >= 1
     for seed in seeds[:config["num_reconstruction_seeds"]]:
-        reconstruction = shapes.judge(Image.open(out / "images" / f"eta_0.00_seed_{seed}.png"))
+        zero = out / "images" / image_name(0.0, seed, config["strength"][0])
+        reconstruction = shapes.judge(Image.open(zero), world=2)
         assert shapes.matches(reconstruction, original.attributes()), (seed, reconstruction.attributes())
         assert shapes.centre_distance(reconstruction, original.cx, original.cy) <= 6, seed
     # The image the CLI picks as the edit, with no person choosing, is edited and in place.
-    picked = shapes.judge(Image.open(out / "images" / "edit.png"))
+    picked = shapes.judge(Image.open(out / "images" / "edit.png"), world=2)
     assert shapes.matches(picked, target), (config["picked"]["eta"], config["picked"]["seed"], picked.attributes())
     assert shapes.centre_distance(picked, original.cx, original.cy) <= 6
     print(next(line for line in proc.stdout.splitlines() if "edit done in" in line))

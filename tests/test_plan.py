@@ -29,9 +29,10 @@ def configs(tmp_path_factory):
 
 
 def test_the_preset_is_read_from_the_model(configs, tiny_sd, tmp_path):
-    from imagic_lora.config import BUNDLED_MODEL
+    from imagic_lora.config import BUNDLED_MODEL, BUNDLED_MODEL_V2
     from imagic_lora.presets import detect_preset
     assert detect_preset(str(BUNDLED_MODEL)) == "shapes" and detect_preset(str(tiny_sd)) == "shapes"
+    assert detect_preset(str(BUNDLED_MODEL_V2)) == "shapes-v2"  # its vocabulary has "pointing"
     assert detect_preset(str(configs["sd15"])) == "sd1"
     assert detect_preset(str(configs["sd21"])) == "sd2-v"
     assert detect_preset(str(configs["sdxl"])) == "sdxl"
@@ -69,7 +70,8 @@ def test_the_shapes_dry_run_says_nothing_of_unmeasured_values(input_png, tmp_pat
     assert cli.main(["--input_image", str(input_png), "--target_prompt", "a small blue circle on a white background",
                      "--output_dir", str(tmp_path / "out"), "--dry_run"]) == 0
     out = capsys.readouterr().out
-    assert "imagic_lora: preset: shapes\n" in out and "not yet measured" not in out
+    assert "imagic_lora: preset: shapes-v2\n" in out and "not yet measured" not in out  # the default model's
+    assert "--strength 0.8 1.0\n" in out and "--max_train_steps 100\n" in out  # its own values, resolved
 
 
 def test_a_cpu_run_on_fewer_threads_than_cores_says_how_to_use_them(monkeypatch):
@@ -160,15 +162,20 @@ def test_the_sd15_plan_counts_the_work_the_issue_estimated(configs):
 def test_the_bundled_edit_does_at_most_half_the_work_issue_25_started_from():
     """The bundled model's default edit against the defaults issue 25 started from (b558d1c: A 300 x 4 draws,
     B 200 x 4, 24 images of 25 steps, the pick at 16 noise levels), in UNet forward-equivalents."""
-    from imagic_lora.config import ImagicConfig
+    from imagic_lora.config import BUNDLED_MODEL, ImagicConfig
     from imagic_lora.plan import Target, make_plan
-    then = ImagicConfig(emb_train_steps=300, train_batch_size=4, num_reconstruction_seeds=8, num_inference_steps=25,
-                        pick_timesteps=16).resolved()
-    now = ImagicConfig().resolved()
-    assert now.preset == then.preset == "shapes"
+    v1 = str(BUNDLED_MODEL)  # the bundled model of then, world version 1's
+    then = ImagicConfig(pretrained_model_name_or_path=v1, emb_train_steps=300, train_batch_size=4,
+                        num_reconstruction_seeds=8, num_inference_steps=25, pick_timesteps=16).resolved()
+    now = ImagicConfig(pretrained_model_name_or_path=v1).resolved()
+    default = ImagicConfig().resolved()  # world version 2's model, the default since issue 22
+    assert now.preset == then.preset == "shapes" and default.preset == "shapes-v2"
     forwards = {name: sum(w["unet_forwards"] for w in make_plan(cfg, Target("cpu", "cpu"))[1].work.values())
-                for name, cfg in (("then", then), ("now", now))}
+                for name, cfg in (("then", then), ("now", now), ("default", default))}
     assert forwards["now"] <= forwards["then"] / 2, forwards
+    # Version 2's preset draws twice the images (two strengths, four etas) at half step B: more than version 1's
+    # halved schedule, still less than the schedule issue 25 started from (docs/BENCHMARKS.md).
+    assert forwards["now"] < forwards["default"] < forwards["then"], forwards
 
 
 def test_the_record_holds_the_work_done_as_counted(tiny_sd, input_png, tmp_path):
