@@ -224,8 +224,8 @@ fine-tuned on the input image, plus the two text embeddings Imagic interpolates 
 |---|---|
 {files}
 
-Interpolate `e = eta * target + (1 - eta) * optimized`: eta = 0 gives the input image back,
-the edit appears as eta grows, eta > 1 extrapolates.{picked_line}
+Interpolate `e = eta * target + (1 - eta) * optimized`: eta = 0 gives the input image back (where step B
+fitted it: `images/eta_0.00_*` shows the run's), the edit appears as eta grows, eta > 1 extrapolates.{picked_line}
 
 ## Use it with a stock diffusers pipeline
 

@@ -453,7 +453,8 @@ def changed_settings(before: dict, now: dict) -> list[str]:
     (``--input_image`` for another image). A setting ``before`` lacks had its default then, and an
     image hash it lacks is not compared (records from before hashes were kept)."""
     # What every setting was before presets existed: the shapes preset's values as they were then.
-    defaults = {**ImagicConfig().resolved("shapes").settings(frozenset()), **PRE_PRESET_VALUES, **ADDED_LATER}
+    then = ImagicConfig(pretrained_model_name_or_path=str(BUNDLED_MODEL))  # version 1's model: the default then
+    defaults = {**then.resolved("shapes").settings(frozenset()), **PRE_PRESET_VALUES, **ADDED_LATER}
     legacy = "settings" not in before and "format" in before  # a 0.1 artifact's record
     changed = []
     for key, value in now.items():

@@ -34,7 +34,7 @@ class Preset:
 
 
 SHAPES = Preset(
-    "shapes", "the bundled shapes-world model (and the project's other small closed-vocabulary models)",
+    "shapes", "world version 1's bundled model (and the project's other small closed-vocabulary models)",
     # Half the UNet work of the schedule first tuned (A 300 x 4 draws, C 25 steps, the pick at 16 levels); its
     # benchmark rate over two draws of the edit's seeds within a point of that schedule's (docs/BENCHMARKS.md).
     dict(emb_train_steps=240, emb_learning_rate=1e-2, max_train_steps=200, learning_rate=1e-3,

@@ -51,7 +51,8 @@ AUTO = "auto"  # the setting name of the CLI's automatically picked edit (imagic
 # DDIM steps, the pick at 16 noise levels; full fine-tuning 200 steps at 3e-5, its best of 1e-5 / 3e-5),
 # whatever the CLI's defaults become, and draw one image per pipeline call as they did when measured.
 _FULL_SCHEDULE = ["--emb_train_steps", "300", "--emb_learning_rate", "1e-2", "--train_batch_size", "4",
-                  "--num_inference_steps", "25", "--pick_timesteps", "16", "--sample_batch_size", "1"]
+                  "--num_inference_steps", "25", "--pick_timesteps", "16", "--sample_batch_size", "1",
+                  "--strength", "1.0"]
 IMAGIC_METHODS = {
     "imagic_lora": [],
     "imagic_full": ["--full_finetune", "--learning_rate", "3e-5", "--no-use_8bit_adam", "--max_train_steps", "200",
@@ -245,7 +246,8 @@ def merge_reused(results: list[dict], path: Path, args) -> dict:
     return {"file": str(path), "command": meta["command"], "methods": sorted(taken),
             "flags": {m: f for m, f in meta["methods"].items() if m in taken},
             "cli_defaults_then": {k: then.get(k) for k in ("emb_train_steps", "emb_learning_rate", "max_train_steps",
-                                                           "learning_rate", "guidance_scale", "num_inference_steps")}}
+                                                           "learning_rate", "guidance_scale", "num_inference_steps",
+                                                           "strength")}}
 
 
 def _worker(payload):

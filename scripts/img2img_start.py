@@ -87,6 +87,7 @@ def main(argv=None) -> int:
                 "--input_image", str(out / f"input{case.index}.png"), "--target_prompt", case.target_prompt,
                 "--output_dir", str(run), "--overwrite", "--pretrained_model_name_or_path", args.model,
                 "--max_train_steps", str(args.max_train_steps), "--etas", "0", "1.0", "--num_seeds", "1",
+                "--strength", "1.0",  # steps A and B are what this script needs; step C is drawn below
                 "--seed", str(case.seed), *shlex.split(args.cli_args)]) != 0:
             raise SystemExit(f"the CLI failed on case {case.index}")
         edit = read_edit(run)

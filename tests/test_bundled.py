@@ -101,6 +101,7 @@ def test_the_default_edit_succeeds_by_the_judge(tmp_path):
     eta, seeds = config["recommended_eta"], config["seeds"]
     assert len(seeds) >= 2 and config["sample_batch_size"] == 8  # SD at 64 px: eight images per pipeline call
     assert config["preset"] == "shapes-v2"  # the default model: world version 2's
+    assert config["picked"]["calibrated"] is True  # its pick is the calibrated one, not a suggestion
     original = shapes.judge(Image.open(DEFAULT_EXAMPLE), world=2)
     target = dict(zip(shapes.ATTRIBUTES, ("circle", "blue", "small", "white")))
     edits = [shapes.judge(Image.open(out / "images" / image_name(eta, seed, strength)), world=2)
