@@ -124,8 +124,7 @@ def detect_preset(pretrained_model_name_or_path: str, revision: str | None = Non
 
 def apply_preset(cfg, name: str):
     """``cfg`` with every preset setting it leaves unset (None) taken from the preset ``name``."""
-    values = {k: v for k, v in PRESETS[name].values.items() if getattr(cfg, k) is None}
-    for key in ("etas", "strength"):  # the preset's lists stay its own
-        if key in values:
-            values[key] = list(values[key])
+    # Lists are copied: the preset's own stay untouched.
+    values = {k: list(v) if isinstance(v, list) else v for k, v in PRESETS[name].values.items()
+              if getattr(cfg, k) is None}
     return dataclasses.replace(cfg, preset=name, **values)

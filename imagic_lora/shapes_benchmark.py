@@ -615,7 +615,7 @@ def map_in_processes(fn, items: list, workers: int) -> list:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from imagic_lora.config import ImagicConfig
-    defaults = ImagicConfig().resolved("shapes-v2" if args.world == 2 else "shapes")  # what the CLI runs on it
+    defaults = ImagicConfig(pretrained_model_name_or_path=args.model).resolved()  # what the CLI runs on the model
     args.guidance_scale = args.guidance_scale if args.guidance_scale is not None else defaults.guidance_scale
     methods = {name: flags for name, flags in IMAGIC_METHODS.items() if name in args.methods}
     for variant in args.variant:
