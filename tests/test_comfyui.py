@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import ROOT
@@ -24,8 +25,9 @@ sys.path.insert(0, str(ROOT / "comfyui"))
 from imagic_lora_comfy import NODE_CLASS_MAPPINGS, imagic_edit  # noqa: E402
 
 #: ComfyUI's core nodes a workflow may use here, and their outputs.
-OUTPUTS = {"DiffusersLoader": 3, "CheckpointLoaderSimple": 3, "LoadImagicEdit": 5, "CLIPTextEncode": 1,
-           "ConditioningZeroOut": 1, "EmptyLatentImage": 1, "KSampler": 1, "VAEDecode": 1, "SaveImage": 0}
+OUTPUTS = {"DiffusersLoader": 3, "CheckpointLoaderSimple": 3, "LoadImagicEdit": 6, "CLIPTextEncode": 1,
+           "ConditioningZeroOut": 1, "EmptyLatentImage": 1, "VAEEncode": 1, "KSampler": 1, "VAEDecode": 1,
+           "SaveImage": 0}
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +62,21 @@ def test_sdxl_conditionings_carry_the_pooled_output_and_the_size(tmp_path):
     assert torch.equal(target[0][1]["pooled_output"], torch.ones(1, 4))
 
 
-def test_each_artifact_carries_a_valid_comfyui_workflow_of_its_settings(artifact):
-    graph = json.loads((artifact / "comfyui_workflow.json").read_text())
-    config = json.loads((artifact / "imagic_config.json").read_text())
+def assert_links_are_valid(graph: dict) -> None:
     for node_id, node in graph.items():
         assert node["class_type"] in OUTPUTS, node
         for value in node["inputs"].values():
             if isinstance(value, list):  # a link: [source node, output index]
                 source, index = value
                 assert source in graph and index < OUTPUTS[graph[source]["class_type"]], (node_id, value)
+
+
+def test_each_artifact_carries_a_valid_comfyui_workflow_of_its_settings(artifact):
+    graph = json.loads((artifact / "comfyui_workflow.json").read_text())
+    config = json.loads((artifact / "imagic_config.json").read_text())
+    assert_links_are_valid(graph)
+    assert NODE_CLASS_MAPPINGS["LoadImagicEdit"].RETURN_TYPES[5] == "IMAGE"
+    assert len(NODE_CLASS_MAPPINGS["LoadImagicEdit"].RETURN_TYPES) == OUTPUTS["LoadImagicEdit"]
     sampler = next(n["inputs"] for n in graph.values() if n["class_type"] == "KSampler")
     edit = next(n["inputs"] for n in graph.values() if n["class_type"] == "LoadImagicEdit")
     assert (edit["eta"], sampler["seed"]) == (config["picked"]["eta"], config["picked"]["seed"])
@@ -76,3 +84,37 @@ def test_each_artifact_carries_a_valid_comfyui_workflow_of_its_settings(artifact
     assert (sampler["sampler_name"], sampler["scheduler"]) == ("ddim", "ddim_uniform")
     assert edit["artifact_folder"] == str(artifact)
     assert not any(n["class_type"] == "ConditioningZeroOut" for n in graph.values())  # SD, not SDXL
+    assert config["picked"]["strength"] == 1.0 and sampler["denoise"] == 1.0  # from pure noise: an empty latent
+    assert graph[sampler["latent_image"][0]]["class_type"] == "EmptyLatentImage"
+
+
+def test_a_pick_at_strength_below_1_draws_in_comfyui_from_the_input_image(artifact):
+    """The run drew the picked image from its input noised to the strength (img2img): the workflow encodes the
+    node's input image and denoises that share of the schedule, in the run's number of steps."""
+    from imagic_lora.comfyui import workflow
+
+    config = json.loads((artifact / "imagic_config.json").read_text())
+    config["num_inference_steps"] = 20
+    config["picked"] = {**config["picked"], "strength": 0.8}
+    graph = workflow(config, str(artifact))
+    assert_links_are_valid(graph)
+    sampler = next(n["inputs"] for n in graph.values() if n["class_type"] == "KSampler")
+    start = graph[sampler["latent_image"][0]]
+    assert start == {"class_type": "VAEEncode", "inputs": {"pixels": [next(k for k, n in graph.items() if n[
+        "class_type"] == "LoadImagicEdit"), 5], "vae": ["1", 2]}}
+    assert (sampler["denoise"], sampler["steps"]) == (0.8, 16)  # diffusers' img2img: int(20 x 0.8) steps
+
+    image = imagic_edit.input_image(artifact, config)  # what the node's sixth output carries
+    png = torch.tensor(list(Image.open(artifact / "images" / "input.png").convert("RGB").getdata()))
+    assert image.shape == (1, config["resolution"], config["resolution"], 3)
+    assert torch.allclose(image.reshape(-1, 3) * 255, png.float(), atol=1e-3)
+
+
+def test_the_node_refuses_an_artifact_without_its_input_image_only_when_the_edit_needs_it(tmp_path):
+    config = {"resolution": 8, "picked": {"eta": 0.8, "seed": 1, "strength": 1.0}}
+    assert torch.equal(imagic_edit.input_image(tmp_path, config), torch.zeros(1, 8, 8, 3))
+    config["picked"]["strength"] = 0.8
+    with pytest.raises(ValueError, match="input.png is missing"):
+        imagic_edit.input_image(tmp_path, config)
+    assert imagic_edit.recommended_strength({"strength": [0.8, 1.0]}) == 0.8
+    assert imagic_edit.recommended_strength({}) == 1.0

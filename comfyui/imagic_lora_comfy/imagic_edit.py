@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 LORA_FILE = "pytorch_lora_weights.safetensors"
 EMBEDS_FILE = "imagic_embeds.safetensors"
 CONFIG_FILE = "imagic_config.json"
+INPUT_FILE = "images/input.png"  # the input as the run drew from it: the start of a draw at strength < 1
 
 
 def read_artifact(folder: str | Path) -> dict:
@@ -67,3 +68,33 @@ def recommended(config: dict) -> tuple[float, int]:
     if picked:
         return float(picked["eta"]), int(picked["seed"])
     return float(config.get("recommended_eta", 0.7)), int(config.get("seed", 0))
+
+
+def recommended_strength(config: dict) -> float:
+    """Where the picked image's drawing started: 1.0 from pure noise, below 1 from the input noised to that share
+    of the schedule (ComfyUI: the input through VAEEncode, KSampler's denoise at this value). The run's pick's,
+    else its first --strength; a record of before --strength holds none: 1.0."""
+    picked = config.get("picked")
+    if picked and picked.get("strength") is not None:
+        return float(picked["strength"])
+    strength = config.get("strength", 1.0)
+    strength = strength[0] if isinstance(strength, list) else strength
+    return 1.0 if strength is None else float(strength)
+
+
+def input_image(folder: str | Path, config: dict) -> torch.Tensor:
+    """The artifact's images/input.png as a ComfyUI IMAGE: (1, H, W, 3) float in [0, 1]. An artifact without it
+    (one written by hand) gets a black image of its resolution, unless it recommends drawing from it (strength
+    below 1): then a ValueError names the missing file."""
+    import numpy as np
+    from PIL import Image
+
+    path = Path(folder).expanduser() / INPUT_FILE
+    if not path.is_file():
+        if recommended_strength(config) < 1.0:
+            raise ValueError(f"{path} is missing: the edit was drawn from the input at strength "
+                             f"{recommended_strength(config)}")
+        side = int(config.get("resolution", 512))
+        return torch.zeros(1, side, side, 3)
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(pixels.copy())[None]
