@@ -45,6 +45,15 @@ def test_a_manifest_job_sets_its_own_strengths(tmp_path):
     jobs = read_manifest(manifest)
     run = ImagicConfig(output_dir=str(tmp_path / "runs"), strength=[0.6])
     assert [j.config(run).strength for j in jobs] == [[0.8], [1.0, 0.8], [0.6]]
+    # null: the preset's strengths, not the run's flag
+    from imagic_lora.presets import PRESETS
+    null = read_manifest(write_lines(tmp_path / "null.jsonl", json.dumps(
+        {"id": "null", "image": "a.png", "target_prompt": "t", "strength": None})))
+    assert null[0].overrides == {"strength": None}
+    for preset in ("shapes", "shapes-v2"):
+        resolved = null[0].config(ImagicConfig(output_dir=str(tmp_path / "runs"), strength=[0.6], preset=preset))
+        assert resolved.strength == PRESETS[preset].values["strength"], preset
+    assert PRESETS["shapes"].values["strength"] != PRESETS["shapes-v2"].values["strength"]
     for bad, problem in (("high", "'strength' must be a number or a non-empty list of numbers"),
                          ([], "'strength' must be a number or a non-empty list of numbers")):
         with pytest.raises(ImagicInputError, match=problem):
