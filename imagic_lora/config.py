@@ -219,6 +219,11 @@ class ImagicConfig:
         "text explains the image beyond no text. e_opt (the rule before): beyond the input's own embedding, which "
         "also rewards any departure from the input, side effects included.", "pick",
         choices=("empty_prompt", "e_opt"))
+    pick_score: str = _field(
+        "ratio", "How the pick's text score compares the two errors. ratio: 1 - err(e_tgt) / err(contrast), the "
+        "share of the contrast's error the target text explains, which does not grow with how much of the image "
+        "the text describes (a large object scored higher than a small one for its area). difference: "
+        "err(contrast) - err(e_tgt), the rule before (docs/pick.md).", "pick", choices=("ratio", "difference"))
     pick_place_shift: float = _field(
         6 / 64, "The pick, step 1: candidates whose extent (the box around the image's strongest edges) has its "
                 "centre within this share of the frame of the input's kept the object in place, whatever its "
@@ -426,7 +431,8 @@ ARTIFACT_DIFFERENCES = ROUNDING_ONLY | {
     "output_dir", "input_image", "dry_run", "preset"}
 #: Settings that change only step C and the pick, which a resume redoes from the checkpoint of step B.
 STEP_C_SETTINGS = frozenset({"etas", "num_seeds", "recommended_eta", "guidance_scale", "num_inference_steps",
-                             "scheduler", "pick_edit", "pick_contrast", "pick_keep_fraction", "pick_place_shift",
+                             "scheduler", "pick_edit", "pick_contrast", "pick_score", "pick_keep_fraction",
+                             "pick_place_shift",
                              "lora_budget", "num_reconstruction_seeds", "pick_timesteps", "strength"})
 #: Settings that do not change what steps A and B compute: a checkpoint made under other values resumes.
 RESUMABLE_DIFFERENCES = ARTIFACT_DIFFERENCES | STEP_C_SETTINGS
@@ -435,8 +441,9 @@ LEGACY_RESOLVED = frozenset({"emb_train_batch_size", "mixed_precision", "resolut
 # The shapes preset's values that changed after presets existed (issue 25 halved its schedule): a record without
 # one of these keys was made before presets, at these values.
 PRE_PRESET_VALUES = {"emb_train_steps": 300, "train_batch_size": 4, "num_inference_steps": 25, "pick_timesteps": 16}
-# Settings added later, at what a record made before them had (the pick scored against e_opt until issue 22).
-ADDED_LATER = {"pick_contrast": "e_opt"}
+# Settings added later, at what a record made before them had (the pick scored against e_opt until issue 22, by
+# the errors' difference until 2026-12-04).
+ADDED_LATER = {"pick_contrast": "e_opt", "pick_score": "difference"}
 
 
 def _installed(package: str) -> bool:

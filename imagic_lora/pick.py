@@ -4,12 +4,17 @@ The paper draws several seeds at several η and lets a person choose; it names c
 automatically as future work. Here every candidate image y (η > 0) gets three numbers:
 
 - a text score, a diffusion classifier between two embeddings, read with the *base* model
-  (the LoRA switched off, so the fine-tuning's memory of the input does not vote):
+  (the LoRA switched off, so the fine-tuning's memory of the input does not vote). With the mean
+  denoising errors err(y, e) = 1/K Σ_k ||target_k − f(y_{t_k}, t_k, e)||² over K (t_k, ε_k) pairs shared
+  by all candidates, t_k spread over the noisier half of the schedule (where the layout and the object
+  are decided):
 
-      s(y) = 1/K Σ_k ||target_k − f(y_{t_k}, t_k, e_ref)||² − ||target_k − f(y_{t_k}, t_k, e_tgt)||²
+      s(y) = 1 − err(y, e_tgt) / err(y, e_ref)          (``--pick_score ratio``)
 
-  over K (t_k, ε_k) pairs shared by all candidates, with t_k spread over the noisier half of the
-  schedule (where the layout and the object are decided). e_ref is the unconditional embedding
+  the share of e_ref's error that the target text explains. The difference err(y, e_ref) − err(y, e_tgt)
+  (``--pick_score difference``, the rule before) grows with how much of the image the text describes:
+  a large object outscored a small one for its area, so a size edit lost to an image that had kept
+  the old size. e_ref is the unconditional embedding
   (the empty prompt's, as step C's guidance uses; ``--pick_contrast empty_prompt``): s asks how much
   the target text explains y beyond no text, so a side effect the text does not ask for (another
   colour or size than it names) lowers it. Against e_opt instead (the rule until issue 22), s also
@@ -97,19 +102,20 @@ def ranking(pick: Pick) -> list[int]:
 
 
 def pick_record(pick: Pick, candidates: list[tuple[float, int, float]], image: str, scored_with: str,
-                calibrated: bool = True, contrast: str = "empty_prompt") -> dict:
+                calibrated: bool = True, contrast: str = "empty_prompt", score: str = "ratio") -> dict:
     """What imagic_config.json keeps of a pick among ``candidates`` [(eta, seed, strength), ...]: the picked
     (eta, seed, strength), where its copy is, which step of the rule decided ("chosen_in_place": step 1), every
     candidate's numbers ("place_shift": the extent's shift; "in_place": within the flag's bound, null when step 1
     is off), and the candidates ranked. ``calibrated``: the rule's thresholds were tuned on this kind of model
     (the shapes world); elsewhere the pick is a suggestion to check against the ranking. ``contrast``: the
-    embedding the text scores contrast e_tgt with ("empty_prompt" or "e_opt")."""
+    embedding the text scores contrast e_tgt with ("empty_prompt" or "e_opt"); ``score``: how ("ratio" or
+    "difference", :func:`text_scores`)."""
     def draw(c: tuple[float, int, float]) -> dict:
         return {"eta": c[0], "seed": c[1], "strength": c[2]}
 
     in_place = pick.in_place if pick.in_place is not None else [None] * len(candidates)
     shifts = pick.shifts if pick.shifts is not None else [math.nan] * len(candidates)
-    return {"image": image, **draw(candidates[pick.index]), "scored_with": scored_with, "contrast": contrast,
+    return {"image": image, **draw(candidates[pick.index]), "scored_with": scored_with, "contrast": contrast, "score": score,
             "calibrated": calibrated,
             "ranking": [draw(candidates[i]) for i in ranking(pick)],
             "input_text_score": _json_number(pick.reference), "chosen_in_place": pick.chosen_in_place,
@@ -222,14 +228,22 @@ def score_timesteps(num_train_timesteps: int, num_timesteps: int) -> torch.Tenso
     return ((torch.arange(num_timesteps) + 0.5) * half / num_timesteps + half).long()
 
 
+#: How the text score compares the errors under e_tgt and e_ref (--pick_score).
+SCORES = ("ratio", "difference")
+
+
 @torch.no_grad()
 def text_scores(unet, noise_scheduler, latents: torch.Tensor, e_tgt: PromptEmbeds, e_ref: PromptEmbeds, *,
                 num_timesteps: int = 16, generator: torch.Generator, weight_dtype: torch.dtype,
-                add_time_ids: torch.Tensor | None = None, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+                add_time_ids: torch.Tensor | None = None, batch_size: int = 64, progress: bool = False,
+                score: str = "ratio") -> torch.Tensor:
     """s(y) for each latent: (N, C, h, w) fp32 -> (N,) fp32; positive where e_tgt denoises y better
-    than e_ref (the unconditional embedding, or e_opt). One draw of K noises from ``generator`` (on the CPU),
-    shared by every candidate and both embeddings, so that differences between candidates are not sampling
-    noise."""
+    than e_ref (the unconditional embedding, or e_opt): ``score`` "ratio", 1 - err(e_tgt) / err(e_ref), or
+    "difference", err(e_ref) - err(e_tgt), of the mean errors over the K noise levels. One draw of K noises
+    from ``generator`` (on the CPU), shared by every candidate and both embeddings, so that differences between
+    candidates are not sampling noise."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     n = latents.shape[0]
     timesteps = score_timesteps(noise_scheduler.config.num_train_timesteps, num_timesteps)
     noise = torch.randn((num_timesteps, *latents.shape[1:]), generator=generator, dtype=torch.float32)
@@ -251,6 +265,8 @@ def text_scores(unet, noise_scheduler, latents: torch.Tensor, e_tgt: PromptEmbed
             bar.update()
         errors[name] = torch.cat(parts).view(n, num_timesteps).mean(1)
     bar.close()
+    if score == "ratio":
+        return 1.0 - errors["tgt"] / errors["ref"].clamp_min(1e-12)
     return errors["ref"] - errors["tgt"]
 
 
@@ -298,12 +314,13 @@ def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: to
               e_tgt: PromptEmbeds, e_ref: PromptEmbeds, *, seed: int, weight_dtype: torch.dtype,
               add_time_ids: torch.Tensor | None = None, num_timesteps: int = 16,
               keep_fraction: float = KEEP_FRACTION, place_shift: float = PLACE_SHIFT,
-              batch_size: int = 8, progress: bool = False) -> tuple[Pick, str]:
+              batch_size: int = 8, progress: bool = False, score: str = "ratio") -> tuple[Pick, str]:
     """Pick the edit among ``candidates`` (PIL images at the input's resolution) for the input: the
     PIL image steps A and B trained on and its latent (1, C, h, w). The pipeline's VAE and UNet must
     be on the device. The UNet's LoRA, if any, is switched off while scoring and back on after; a
     fully fine-tuned UNet scores itself. The text scores contrast ``e_tgt`` with ``e_ref``: the unconditional
-    embedding (:func:`imagic_lora.conditioning.unconditional_embeds`, the CLI's default) or e_opt.
+    embedding (:func:`imagic_lora.conditioning.unconditional_embeds`, the CLI's default) or e_opt, by ``score``
+    (:func:`text_scores`).
     ``batch_size`` noisy latents go through the UNet at a time: twice step C's images per call
     (classifier-free guidance doubles its batch) keeps the peak memory at step C's.
     Returns the pick and which model scored ("base" or "fine-tuned")."""
@@ -322,7 +339,7 @@ def pick_edit(pipe, noise_scheduler, input_image: Image.Image, input_latents: to
         scores = text_scores(unet, noise_scheduler, latents, e_tgt.to(device), e_ref.to(device),
                              num_timesteps=num_timesteps, generator=torch.Generator().manual_seed(seed),
                              weight_dtype=weight_dtype, add_time_ids=add_time_ids, batch_size=batch_size,
-                             progress=progress)
+                             progress=progress, score=score)
     finally:
         if has_lora:
             unet.enable_adapters()

@@ -333,13 +333,14 @@ class ImagicRecipe:
                                                   seed=cfg.seed + 2, weight_dtype=weight_dtype,
                                                   add_time_ids=add_time_ids, keep_fraction=cfg.pick_keep_fraction,
                                                   place_shift=cfg.pick_place_shift,
-                                                  num_timesteps=cfg.pick_timesteps,
+                                                  num_timesteps=cfg.pick_timesteps, score=cfg.pick_score,
                                                   batch_size=score_batch,  # A: seed, B: seed+1
                                                   progress=accelerator.is_local_main_process)
                     meter.add_vae(encodes=len(candidates))
                     shutil.copyfile(images[candidates[pick.index]], out / "images" / EDIT_IMAGE_NAME)
                     picked = pick_record(pick, candidates, f"images/{EDIT_IMAGE_NAME}", scored_with,
-                                         calibrated=cfg.preset in SHAPES_PRESETS, contrast=cfg.pick_contrast)
+                                         calibrated=cfg.preset in SHAPES_PRESETS, contrast=cfg.pick_contrast,
+                                         score=cfg.pick_score)
                 for module in encoders + [pipe.vae]:
                     module.to("cpu")
                 free_accelerator_cache(device)

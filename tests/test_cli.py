@@ -50,8 +50,9 @@ def launched(tiny_sd, input_png, tmp_path_factory):
 
 
 def test_the_pick_contrasts_the_target_text_with_the_empty_prompt(launched, input_png):
-    """The input's recorded text score is the base model's error under the unconditional embedding minus that under
-    e_tgt, at the pick's noises (seed + 2), not the contrast with e_opt it was before (--pick_contrast e_opt)."""
+    """The input's recorded text score is 1 - the base model's error under e_tgt / that under the unconditional
+    embedding, at the pick's noises (seed + 2): not the contrast with e_opt it was before (--pick_contrast e_opt),
+    nor the errors' difference (--pick_score difference)."""
     from imagic_lora.conditioning import PromptEmbeds, unconditional_embeds
     from imagic_lora.diffusion import encode_image_latents
     from imagic_lora.images import load_image, pil_to_tensor
@@ -60,21 +61,24 @@ def test_the_pick_contrasts_the_target_text_with_the_empty_prompt(launched, inpu
     out, _ = launched
     config = json.loads((out / "imagic_config.json").read_text())
     assert config["pick_contrast"] == "empty_prompt" and config["picked"]["contrast"] == "empty_prompt"
+    assert config["pick_score"] == "ratio" and config["picked"]["score"] == "ratio"
     pipe = load_pipeline(config["pretrained_model_name_or_path"])
     image = load_image(str(input_png), config["resolution"], config["resize_mode"])
     latents = encode_image_latents(pipe.vae, pil_to_tensor(image))
     embeds = load_file(out / "imagic_embeds.safetensors")
     e_tgt, e_opt = PromptEmbeds(embeds["target_prompt_embeds"]), PromptEmbeds(embeds["optimized_prompt_embeds"])
 
-    def score(e_ref):
+    def score(e_ref, form="ratio"):
         return float(text_scores(pipe.unet, training_noise_scheduler(pipe), latents, e_tgt, e_ref,
                                  num_timesteps=config["pick_timesteps"], weight_dtype=torch.float32,
-                                 generator=torch.Generator().manual_seed(config["seed"] + 2))[0])
+                                 generator=torch.Generator().manual_seed(config["seed"] + 2), score=form)[0])
 
     recorded = config["picked"]["input_text_score"]
-    with_null, with_opt = score(unconditional_embeds(pipe, "cpu")), score(e_opt)
+    e_null = unconditional_embeds(pipe, "cpu")
+    with_null, with_opt, difference = score(e_null), score(e_opt), score(e_null, "difference")
     assert recorded == pytest.approx(with_null, abs=2e-6) and abs(with_null - with_opt) > 1e-4, \
         (recorded, with_null, with_opt)
+    assert abs(with_null - difference) > 1e-4, (with_null, difference)
 
 
 def test_launch_writes_the_whole_artifact(launched):

@@ -177,11 +177,17 @@ def scores(pipe, scheduler, latents, e1, e2, seed=0, **kw):
                        weight_dtype=torch.float32, num_timesteps=8, **kw)
 
 
-def test_text_scores_are_a_seeded_antisymmetric_difference(tiny):
+def test_text_scores_are_a_seeded_ratio_or_difference_of_the_two_errors(tiny):
     pipe, scheduler, a, b, latents = tiny
-    ab = scores(pipe, scheduler, latents, a, b)
+    ab = scores(pipe, scheduler, latents, a, b)  # the default: 1 - err(a) / err(b)
     assert ab.shape == (3,) and ab.dtype == torch.float32 and bool(ab.abs().min() > 0)
-    torch.testing.assert_close(scores(pipe, scheduler, latents, b, a), -ab)
+    ba = scores(pipe, scheduler, latents, b, a)
+    torch.testing.assert_close((1 - ab) * (1 - ba), torch.ones(3))  # err(a)/err(b) x err(b)/err(a)
+    difference = scores(pipe, scheduler, latents, a, b, score="difference")  # err(b) - err(a)
+    torch.testing.assert_close(scores(pipe, scheduler, latents, b, a, score="difference"), -difference)
+    assert torch.equal(torch.sign(difference), torch.sign(ab)) and not torch.allclose(difference, ab)
+    with pytest.raises(ValueError, match="score must be one of"):
+        scores(pipe, scheduler, latents, a, b, score="sum")
     torch.testing.assert_close(scores(pipe, scheduler, latents, a, a), torch.zeros(3), rtol=0, atol=0)
     torch.testing.assert_close(scores(pipe, scheduler, latents, a, b), ab, rtol=0, atol=0)  # same seed
     assert not torch.equal(scores(pipe, scheduler, latents, a, b, seed=1), ab)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -40,3 +44,22 @@ def test_the_readme_runs_as_written(tmp_path):
     assert int(np.abs(run - again).max()) <= 1
     for block, output in ran:
         print(f"README block {block.number} ({block.lang}): ok")
+
+    # The snippet's other branch: had the pick chosen an image drawn from the noised input, the img2img pipeline
+    # draws that image back. The record is pointed at one the run drew at the preset's lower strength.
+    snippet = next(code for code in commands if "load_lora_weights" in code)
+    record_path = tmp_path / "imagic-output" / "imagic_config.json"
+    record = json.loads(record_path.read_text())
+    low = min(record["strength"])
+    assert low < 1.0, record["strength"]
+    eta, seed = max(e for e in record["etas"] if e > 0), record["seeds"][-1]
+    record["recommended"] = {"eta": eta, "seed": seed, "strength": low}
+    record_path.write_text(json.dumps(record))
+    proc = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    drawn = tmp_path / "imagic-output" / "images" / f"eta_{eta:.2f}_seed_{seed}_strength_{low:.2f}.png"
+    run = np.asarray(Image.open(drawn).convert("RGB"), dtype=np.int16)
+    again = np.asarray(Image.open(tmp_path / "edit.png").convert("RGB"), dtype=np.int16)
+    assert int(np.abs(run - again).max()) <= 1
+    pure_noise = drawn.with_name(f"eta_{eta:.2f}_seed_{seed}.png")  # the same eta and seed from pure noise
+    assert np.abs(np.asarray(Image.open(pure_noise).convert("RGB"), dtype=np.int16) - again).max() > 1
