@@ -125,7 +125,8 @@ def main(argv=None) -> int:
                                        seed=case.seed + 2, weight_dtype=torch.float32,
                                        num_timesteps=record["pick_timesteps"],
                                        keep_fraction=record["pick_keep_fraction"],
-                                       place_shift=record.get("pick_place_shift", pick.PLACE_SHIFT))
+                                       place_shift=record.get("pick_place_shift", pick.PLACE_SHIFT),
+                                       score=record.get("pick_score", "difference"))  # (before --pick_score)
             best = max(range(len(pool)), key=lambda i: chosen.text_scores[i])
             for r, score, distance in zip(drawn, chosen.text_scores, chosen.distances):
                 records.append({**r, "text_score": score, "distance": distance, "reference": chosen.reference})

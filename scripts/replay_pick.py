@@ -5,6 +5,7 @@
         --keep_images runs/tune --output_dir runs/tune
     python scripts/replay_pick.py runs/tune/imagic_lora
     python scripts/replay_pick.py runs/tune/imagic_lora --model <its base model> --contrast e_opt   # scored again
+    python scripts/replay_pick.py runs/tune/imagic_lora --model <its base model> --score difference  # as before
 
 Every case folder (case<i>/: images/ and imagic_config.json, written by --keep_images) holds the run's
 candidates, their text scores and the input. Each rule below chooses one candidate per case from those
@@ -60,7 +61,8 @@ def load_case(folder: Path, etas: list[float] | None = None, num_seeds: int | No
             "reference": picked["input_text_score"]}
 
 
-def rescore(case: dict, folder: Path, pipe, noise_scheduler, e_null, num_timesteps: int | None = None) -> None:
+def rescore(case: dict, folder: Path, pipe, noise_scheduler, e_null, num_timesteps: int | None = None,
+            score: str = "ratio") -> None:
     """Score the case's candidates and input again with the base model ``pipe``, contrasting e_tgt with ``e_null``
     (the unconditional embedding) or, when None, the case's e_opt, at the run's noises (its seed + 2) and number of
     noise levels, as the CLI's pick does (or at ``num_timesteps``): replaces the case's text scores and input score.
@@ -73,7 +75,7 @@ def rescore(case: dict, folder: Path, pipe, noise_scheduler, e_null, num_timeste
     latents = encode_image_latents(pipe.vae, pil_to_tensor(case["input"]))
     chosen, _ = pick.pick_edit(pipe, noise_scheduler, case["input"], latents, case["images"],
                                edit.e_tgt, e_ref, seed=edit.config["seed"] + 2, weight_dtype=torch.float32,
-                               num_timesteps=num_timesteps or edit.config["pick_timesteps"])
+                               num_timesteps=num_timesteps or edit.config["pick_timesteps"], score=score)
     case["scores"], case["reference"] = chosen.text_scores, chosen.reference
 
 
@@ -179,6 +181,8 @@ def main(argv=None) -> int:
                              "scores; the cases must hold their embeddings.")
     parser.add_argument("--contrast", default="empty_prompt", choices=("empty_prompt", "e_opt"),
                         help="With --model: what the text score contrasts e_tgt with (the CLI's --pick_contrast).")
+    parser.add_argument("--score", default="ratio", choices=pick.SCORES,
+                        help="With --model: how the text score compares the two errors (the CLI's --pick_score).")
     parser.add_argument("--pick_timesteps", type=int, default=None,
                         help="With --model: score at this many noise levels instead of the run's.")
     args = parser.parse_args(argv)
@@ -199,7 +203,7 @@ def main(argv=None) -> int:
             if case is None:
                 continue
             if pipe is not None:
-                rescore(case, case_dir, pipe, noise_scheduler, e_null, args.pick_timesteps)
+                rescore(case, case_dir, pipe, noise_scheduler, e_null, args.pick_timesteps, args.score)
             input_reading = shapes.judge(case["input"], world)
             target = target_of(case["prompt"])
             kind = kind_of(input_reading, target, world)

@@ -67,7 +67,7 @@ def null_scores(artifacts: Path, model: str, cases: dict[int, list[dict]], image
         with torch.no_grad():
             latents = torch.cat([encode_image_latents(base.vae, pil_to_tensor(i)) for i in images[index]])
         # The pick's timesteps and noises (seed + 2, as img2img_start.py scores), e_opt's place taken by e_null.
-        s0 = pick.text_scores(base.unet, noise_scheduler, latents, edit.e_tgt, e_null,
+        s0 = pick.text_scores(base.unet, noise_scheduler, latents, edit.e_tgt, e_null, score="difference",
                               num_timesteps=edit.config["pick_timesteps"], weight_dtype=torch.float32,
                               generator=torch.Generator().manual_seed(edit.config["seed"] + 2)).tolist()
         for r, s in zip(rows, s0):

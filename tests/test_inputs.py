@@ -51,7 +51,7 @@ def corrupt_png(path):
     ("bias-multiplier", "--timestep_bias_multiplier"), ("bias-range", "--timestep_bias_end"),
     ("bias-begin", "--timestep_bias_begin"), ("bias-portion", "--timestep_bias_portion"),
     ("keep-fraction", "--pick_keep_fraction"), ("place-shift", "--pick_place_shift"),
-    ("contrast", "--pick_contrast"),
+    ("contrast", "--pick_contrast"), ("score", "--pick_score"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(script, capsys, tiny_sd, input_png, tmp_path, case, flag):
     kwargs = {"tmp": tmp_path, "input_image": str(input_png)}
@@ -84,6 +84,8 @@ def test_bad_input_is_one_line_naming_the_flag(script, capsys, tiny_sd, input_pn
         kwargs["pick_place_shift"] = "-0.1"
     elif case == "contrast":
         kwargs["pick_contrast"] = "clip"
+    elif case == "score":
+        kwargs["pick_score"] = "sum"
     elif case == "zero-seeds":
         kwargs["num_seeds"] = "0"
     elif case == "bad-resolution":

@@ -137,6 +137,18 @@ def test_a_record_from_before_pick_contrast_was_scored_against_e_opt():
     assert changed_settings(old, ImagicConfig(pick_contrast="e_opt").resolved("shapes").settings(frozenset())) == []
 
 
+def test_a_record_from_before_pick_score_was_scored_by_the_errors_difference():
+    """Records made before --pick_score existed scored by err(contrast) - err(e_tgt): today's ratio is a change."""
+    from imagic_lora.config import ImagicConfig, changed_settings
+
+    now = ImagicConfig().resolved("shapes-v2").settings(frozenset())
+    assert now["pick_score"] == "ratio"
+    old = {k: v for k, v in now.items() if k != "pick_score"}
+    assert changed_settings(old, now) == ["--pick_score"]
+    then = ImagicConfig(pick_score="difference").resolved("shapes-v2").settings(frozenset())
+    assert changed_settings(old, then) == []
+
+
 def test_a_checkpoint_from_before_a_new_flag_resumes_at_that_flags_default(tmp_path):
     """run.json written before --timestep_bias_* existed: resuming with their defaults is allowed, with a bias not."""
     import json
