@@ -115,8 +115,8 @@ def pick_record(pick: Pick, candidates: list[tuple[float, int, float]], image: s
 
     in_place = pick.in_place if pick.in_place is not None else [None] * len(candidates)
     shifts = pick.shifts if pick.shifts is not None else [math.nan] * len(candidates)
-    return {"image": image, **draw(candidates[pick.index]), "scored_with": scored_with, "contrast": contrast, "score": score,
-            "calibrated": calibrated,
+    return {"image": image, **draw(candidates[pick.index]), "scored_with": scored_with, "contrast": contrast,
+            "score": score, "calibrated": calibrated,
             "ranking": [draw(candidates[i]) for i in ranking(pick)],
             "input_text_score": _json_number(pick.reference), "chosen_in_place": pick.chosen_in_place,
             "candidates": [{**draw(c), "text_score": _json_number(t), "structure_distance": _json_number(d),
