@@ -269,10 +269,11 @@ def recommended_strength(config: dict) -> float:
     """The strength an artifact recommends drawing at: the run's pick's, else its first --strength (a record of
     before several strengths holds one number; of before --strength, none: pure noise)."""
     picked = config.get("picked")
-    if picked and "strength" in picked:
+    if picked and picked.get("strength") is not None:
         return float(picked["strength"])
     strength = config.get("strength", 1.0)
-    return float(strength[0] if isinstance(strength, list) else strength)
+    strength = strength[0] if isinstance(strength, list) else strength
+    return 1.0 if strength is None else float(strength)
 
 
 def _exactness(config: dict) -> str:
@@ -361,7 +362,7 @@ def _picked_line(config: dict) -> str:
     picked = config.get("picked")
     if not picked:
         return f" The artifact recommends eta {config.get('recommended_eta')}."
-    at = f", strength {picked['strength']}" if picked.get("strength", 1.0) < 1 else ""
+    at = f", strength {picked['strength']}" if recommended_strength(config) < 1 else ""
     line = (f"\n\nThe run picked eta {picked['eta']}, seed {picked['seed']}{at} as the edit (`images/edit.png`), by "
             "the model's own scores; it is the artifact's recommendation (`picked` in `imagic_config.json`).")
     if picked.get("calibrated") is False:

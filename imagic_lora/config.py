@@ -214,8 +214,8 @@ class ImagicConfig:
         True, "Pick one image (eta > 0) as the edit, images/edit.png, by the model's own scores (base model, e_tgt "
               "against --pick_contrast) and where its edges lie (docs/pick.md).", "pick")
     pick_contrast: str = _field(
-        "empty_prompt", "The pick's text score is each image's denoising error (base model) under this embedding "
-        "minus that under e_tgt. empty_prompt (the unconditional one step C's guidance uses): how much the target "
+        "empty_prompt", "What the pick's text score compares each image's denoising error (base model) under e_tgt "
+        "with: its error under this embedding (how: --pick_score). empty_prompt (the unconditional one step C's guidance uses): how much the target "
         "text explains the image beyond no text. e_opt (the rule before): beyond the input's own embedding, which "
         "also rewards any departure from the input, side effects included.", "pick",
         choices=("empty_prompt", "e_opt"))
@@ -441,8 +441,8 @@ LEGACY_RESOLVED = frozenset({"emb_train_batch_size", "mixed_precision", "resolut
 # The shapes preset's values that changed after presets existed (issue 25 halved its schedule): a record without
 # one of these keys was made before presets, at these values.
 PRE_PRESET_VALUES = {"emb_train_steps": 300, "train_batch_size": 4, "num_inference_steps": 25, "pick_timesteps": 16}
-# Settings added later, at what a record made before them had (the pick scored against e_opt until issue 22, by
-# the errors' difference until 2026-12-04).
+# Settings added later, at what a record made before them had (the pick scored against e_opt until issue 22's
+# change of contrast, by the errors' difference until its change of score, 2026-12-04).
 ADDED_LATER = {"pick_contrast": "e_opt", "pick_score": "difference"}
 
 

@@ -57,7 +57,7 @@ RESERVED_IDS = frozenset({"summary.jsonl", "summary.csv", "summary.jsonl.tmp", "
 def _check_override(name: str, value, where: str):
     """A manifest value for the flag ``name``, of the flag's type (an int is an integral number)."""
     kind = str(next(f.type for f in dataclasses.fields(ImagicConfig) if f.name == name))
-    if value is None and "None" in kind:  # null: the run's value (a preset's or the flag's)
+    if value is None and "None" in kind:  # null: the preset's value, even where the run set the flag
         return None
     if name in ("etas", "strength"):
         if name == "strength" and not isinstance(value, list):

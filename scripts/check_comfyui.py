@@ -274,7 +274,7 @@ def check_conditioning(started: dict, model_patcher, artifact: str | Path, other
     result = {"eta": edit.recommended_eta, "other_eta": other_eta, "picked_seed": edit.recommended_seed,
               "node_vs_diffusers": 0.0, "conditioning_average_vs_node": 0.0}
     for node_eta, eta in ((-1.0, edit.recommended_eta), (other_eta, other_eta)):
-        (_, at_eta, target, optimized, seed), _ = run_node(started, model_patcher, artifact, eta=node_eta)
+        (_, at_eta, target, optimized, seed, *_), _ = run_node(started, model_patcher, artifact, eta=node_eta)
         diffusers_embeds = edit.embeds(eta).pipeline_kwargs(dtype=torch.float32)["prompt_embeds"]
         averaged = getattr(average, average.FUNCTION)(conditioning_to=target, conditioning_from=optimized,
                                                       conditioning_to_strength=eta)[0]

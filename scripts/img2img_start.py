@@ -40,7 +40,7 @@ from imagic_lora import cli, pick, shapes  # noqa: E402
 from imagic_lora import shapes_benchmark as bench  # noqa: E402
 from imagic_lora.artifact import read_edit  # noqa: E402
 from imagic_lora.conditioning import unconditional_embeds  # noqa: E402
-from imagic_lora.config import BUNDLED_MODEL_V2  # noqa: E402
+from imagic_lora.config import ADDED_LATER, BUNDLED_MODEL_V2  # noqa: E402
 from imagic_lora.diffusion import encode_image_latents  # noqa: E402
 from imagic_lora.images import pil_to_tensor  # noqa: E402
 
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
                                        num_timesteps=record["pick_timesteps"],
                                        keep_fraction=record["pick_keep_fraction"],
                                        place_shift=record.get("pick_place_shift", pick.PLACE_SHIFT),
-                                       score=record.get("pick_score", "difference"))  # (before --pick_score)
+                                       score=record.get("pick_score", ADDED_LATER["pick_score"]))
             best = max(range(len(pool)), key=lambda i: chosen.text_scores[i])
             for r, score, distance in zip(drawn, chosen.text_scores, chosen.distances):
                 records.append({**r, "text_score": score, "distance": distance, "reference": chosen.reference})

@@ -26,8 +26,8 @@ from imagic_lora_comfy import NODE_CLASS_MAPPINGS, imagic_edit  # noqa: E402
 
 #: ComfyUI's core nodes a workflow may use here, and their outputs.
 OUTPUTS = {"DiffusersLoader": 3, "CheckpointLoaderSimple": 3, "LoadImagicEdit": 6, "CLIPTextEncode": 1,
-           "ConditioningZeroOut": 1, "EmptyLatentImage": 1, "VAEEncode": 1, "KSampler": 1, "VAEDecode": 1,
-           "SaveImage": 0}
+           "ConditioningZeroOut": 1, "EmptyLatentImage": 1, "VAEEncode": 1, "KSampler": 1, "KSamplerAdvanced": 1,
+           "VAEDecode": 1, "SaveImage": 0}
 
 
 @pytest.fixture(scope="module")
@@ -88,21 +88,27 @@ def test_each_artifact_carries_a_valid_comfyui_workflow_of_its_settings(artifact
     assert graph[sampler["latent_image"][0]]["class_type"] == "EmptyLatentImage"
 
 
-def test_a_pick_at_strength_below_1_draws_in_comfyui_from_the_input_image(artifact):
-    """The run drew the picked image from its input noised to the strength (img2img): the workflow encodes the
-    node's input image and denoises that share of the schedule, in the run's number of steps."""
+@pytest.mark.parametrize("steps,strength,start", [(20, 0.8, 4), (25, 0.7, 8), (10, 0.75, 3)])
+def test_a_pick_at_strength_below_1_draws_in_comfyui_from_the_input_image(artifact, steps, strength, start):
+    """The run drew the picked image from its input noised to the strength (img2img: the last int(steps x strength)
+    steps of the steps-step schedule): the workflow encodes the node's input image and samples from that step of
+    the same schedule, also where steps x strength is not whole."""
     from imagic_lora.comfyui import workflow
 
     config = json.loads((artifact / "imagic_config.json").read_text())
-    config["num_inference_steps"] = 20
-    config["picked"] = {**config["picked"], "strength": 0.8}
+    config["num_inference_steps"] = steps
+    config["picked"] = {**config["picked"], "strength": strength}
     graph = workflow(config, str(artifact))
     assert_links_are_valid(graph)
-    sampler = next(n["inputs"] for n in graph.values() if n["class_type"] == "KSampler")
-    start = graph[sampler["latent_image"][0]]
-    assert start == {"class_type": "VAEEncode", "inputs": {"pixels": [next(k for k, n in graph.items() if n[
-        "class_type"] == "LoadImagicEdit"), 5], "vae": ["1", 2]}}
-    assert (sampler["denoise"], sampler["steps"]) == (0.8, 16)  # diffusers' img2img: int(20 x 0.8) steps
+    assert not any(n["class_type"] in ("KSampler", "EmptyLatentImage") for n in graph.values())
+    sampler = next(n["inputs"] for n in graph.values() if n["class_type"] == "KSamplerAdvanced")
+    node = next(k for k, n in graph.items() if n["class_type"] == "LoadImagicEdit")
+    assert graph[sampler["latent_image"][0]] == {"class_type": "VAEEncode", "inputs": {"pixels": [node, 5],
+                                                                                       "vae": ["1", 2]}}
+    assert (sampler["steps"], sampler["start_at_step"], sampler["end_at_step"]) == (steps, start, steps)
+    assert (sampler["add_noise"], sampler["noise_seed"], sampler["return_with_leftover_noise"]) == (
+        "enable", config["picked"]["seed"], "disable")
+    assert (sampler["cfg"], sampler["positive"], sampler["negative"]) == (config["guidance_scale"], [node, 1], ["3", 0])
 
     image = imagic_edit.input_image(artifact, config)  # what the node's sixth output carries
     png = torch.tensor(list(Image.open(artifact / "images" / "input.png").convert("RGB").getdata()))
@@ -116,5 +122,11 @@ def test_the_node_refuses_an_artifact_without_its_input_image_only_when_the_edit
     config["picked"]["strength"] = 0.8
     with pytest.raises(ValueError, match="input.png is missing"):
         imagic_edit.input_image(tmp_path, config)
-    assert imagic_edit.recommended_strength({"strength": [0.8, 1.0]}) == 0.8
-    assert imagic_edit.recommended_strength({}) == 1.0
+
+def test_the_node_and_the_library_read_the_recommended_strength_alike():
+    from imagic_lora.artifact import recommended_strength
+    for config, expected in (({"strength": [0.8, 1.0]}, 0.8), ({}, 1.0), ({"strength": None}, 1.0),
+                             ({"strength": 0.9}, 0.9), ({"picked": {"strength": None}, "strength": [0.7]}, 0.7),
+                             ({"picked": {"eta": 1.0, "seed": 0}, "strength": [1.0, 0.8]}, 1.0),
+                             ({"picked": {"strength": 0.8}, "strength": [1.0, 0.8]}, 0.8)):
+        assert imagic_edit.recommended_strength(config) == recommended_strength(config) == expected, config

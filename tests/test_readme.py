@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -55,7 +56,9 @@ def test_the_readme_runs_as_written(tmp_path):
     eta, seed = max(e for e in record["etas"] if e > 0), record["seeds"][-1]
     record["recommended"] = {"eta": eta, "seed": seed, "strength": low}
     record_path.write_text(json.dumps(record))
-    proc = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # as run_blocks runs the README's blocks
+    proc = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     drawn = tmp_path / "imagic-output" / "images" / f"eta_{eta:.2f}_seed_{seed}_strength_{low:.2f}.png"
     run = np.asarray(Image.open(drawn).convert("RGB"), dtype=np.int16)

@@ -32,8 +32,9 @@ class LoadImagicEdit:
                        "e_tgt: the target text's conditioning (eta 1).",
                        "e_opt: the optimised conditioning (eta 0, the input back).",
                        "The seed of the edit the run picked.",
-                       "The input image the run edited (images/input.png): VAEEncode it and set KSampler's "
-                       "denoise to the run's strength to draw as a run at --strength below 1 did.")
+                       "The input image the run edited (images/input.png): VAEEncode it and start "
+                       "KSamplerAdvanced at steps - int(steps x strength) to draw as a run at --strength below 1 "
+                       "did.")
     FUNCTION = "load"
     CATEGORY = "imagic-lora"
     DESCRIPTION = "Loads an imagic-lora edit: its LoRA and the Imagic conditionings."

@@ -72,7 +72,7 @@ def recommended(config: dict) -> tuple[float, int]:
 
 def recommended_strength(config: dict) -> float:
     """Where the picked image's drawing started: 1.0 from pure noise, below 1 from the input noised to that share
-    of the schedule (ComfyUI: the input through VAEEncode, KSampler's denoise at this value). The run's pick's,
+    of the schedule (ComfyUI: the input through VAEEncode, KSamplerAdvanced from the step it gives). The run's pick's,
     else its first --strength; a record of before --strength holds none: 1.0."""
     picked = config.get("picked")
     if picked and picked.get("strength") is not None:
