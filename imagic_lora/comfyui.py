@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .artifact import recommended, recommended_strength
-from .config import BUNDLED_MODELS
+from .config import BUNDLED_MODELS, denoising_steps
 
 #: Step C's samplers in ComfyUI's names (sampler, scheduler); PNDM has no ComfyUI counterpart.
 SAMPLERS = {"DDIMScheduler": ("ddim", "ddim_uniform"), "DPMSolverMultistepScheduler": ("dpmpp_2m", "normal"),
@@ -30,7 +30,7 @@ def workflow(config: dict, artifact_folder: str) -> dict:
     # diffusers' img2img runs the last int(steps x strength) steps of the steps-step schedule. KSamplerAdvanced
     # can start at that step exactly; KSampler's denoise rebuilds a schedule of int(k / d) steps, which is
     # another schedule whenever steps x strength is not whole.
-    start = steps - min(int(steps * strength), steps)
+    start = steps - denoising_steps(steps, strength)
     side = int(config["resolution"])
     base = str(config.get("base_model", config["pretrained_model_name_or_path"]))
     if base in BUNDLED_MODELS or Path(base).is_dir():

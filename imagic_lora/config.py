@@ -239,7 +239,7 @@ class ImagicConfig:
     def denoising_steps(self, strength: float) -> int:
         """Step C's denoising steps per image drawn at ``strength``: all of them from pure noise, fewer from a
         noised input (as diffusers' img2img pipelines count them)."""
-        return min(int(self.num_inference_steps * strength), self.num_inference_steps)
+        return denoising_steps(self.num_inference_steps, strength)
 
     @property
     def seeds(self) -> list[int]:
@@ -444,6 +444,12 @@ PRE_PRESET_VALUES = {"emb_train_steps": 300, "train_batch_size": 4, "num_inferen
 # Settings added later, at what a record made before them had (the pick scored against e_opt until issue 22's
 # change of contrast, by the errors' difference until its change of score, 2026-12-04).
 ADDED_LATER = {"pick_contrast": "e_opt", "pick_score": "difference"}
+
+
+def denoising_steps(num_inference_steps: int, strength: float) -> int:
+    """The last steps of a ``num_inference_steps``-step schedule an image drawn at ``strength`` runs: all of them
+    from pure noise, int(steps x strength) from a noised input, as diffusers' img2img pipelines count them."""
+    return min(int(num_inference_steps * strength), num_inference_steps)
 
 
 def _installed(package: str) -> bool:
