@@ -71,7 +71,7 @@ def test_the_shapes_dry_run_says_nothing_of_unmeasured_values(input_png, tmp_pat
                      "--output_dir", str(tmp_path / "out"), "--dry_run"]) == 0
     out = capsys.readouterr().out
     assert "imagic_lora: preset: shapes-v2\n" in out and "not yet measured" not in out  # the default model's
-    assert "--strength 0.8 1.0\n" in out and "--max_train_steps 100\n" in out  # its own values, resolved
+    assert "--strength 0.8 1.0\n" in out and "--max_train_steps 75\n" in out  # its own values, resolved
 
 
 def test_a_cpu_run_on_fewer_threads_than_cores_says_how_to_use_them(monkeypatch):
