@@ -115,6 +115,23 @@ def consensus(case: dict, distance: list[list[float]], members: list[int], input
     return min(members, key=cost)
 
 
+def extent_shifts_inside(pixels: torch.Tensor, reference: torch.Tensor, margin: int) -> list[float]:
+    """pick.extent_shifts with the gradient ignored within ``margin`` px of the frame's edges: (N, 3, H, W)
+    candidates and a (1, 3, H, W) reference in the same range -> N shifts in shares of the frame. A band the model
+    draws along the border otherwise stretches the extent over the whole frame."""
+    magnitude = pick.gradient_magnitude(torch.cat([pixels, reference]))
+    centres = []
+    for m in magnitude:
+        m = m - m.min()
+        inner = torch.zeros_like(m)
+        inner[margin:m.shape[0] - margin, margin:m.shape[1] - margin] = m[margin:m.shape[0] - margin,
+                                                                          margin:m.shape[1] - margin]
+        ys, xs = torch.nonzero(inner >= pick.EXTENT_FRACTION * inner.max(), as_tuple=True)
+        centres.append([(xs.min() + xs.max()).item() / 2, (ys.min() + ys.max()).item() / 2])
+    centres = torch.tensor(centres) / magnitude.shape[-1]
+    return (centres[:-1] - centres[-1]).norm(dim=1).tolist()
+
+
 def rules(case: dict, blur_place: float) -> dict[str, int]:
     """Each rule's choice (a candidate index)."""
     pixels = torch.cat([pil_to_tensor(i) for i in case["images"]])
@@ -125,6 +142,10 @@ def rules(case: dict, blur_place: float) -> dict[str, int]:
     shifts = pick.extent_shifts(case["images"], case["input"])
     out = {"current": pick.choose(scores, structure, reference=ref, shifts=shifts).index,
            "before, by structure": choose_by_structure(scores, structure, ref)}
+    for margin in (1, 2, 3):
+        inside = extent_shifts_inside(pixels, reference, margin)
+        out[f"current, extent {margin} px inside the border"] = pick.choose(scores, structure, reference=ref,
+                                                                             shifts=inside).index
     n = len(scores)
     for tau in (0.1, 0.15, 0.2, 0.25, 0.3):
         inside = [i for i in range(n) if layout[i] <= tau]
