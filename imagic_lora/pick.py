@@ -174,12 +174,17 @@ def extent_centres(images: list[Image.Image]) -> torch.Tensor:
     return _extent_centres(torch.cat([pil_to_tensor(i) for i in images]))
 
 
-def _extent_centres(pixels: torch.Tensor) -> torch.Tensor:
-    """:func:`extent_centres` of (N, 3, H, W) images in any range -> (N, 2)."""
+def _extent_centres(pixels: torch.Tensor, margin: int = 0) -> torch.Tensor:
+    """:func:`extent_centres` of (N, 3, H, W) images in any range -> (N, 2); ``margin`` > 0 ignores the gradient
+    within that many pixels (at S) of the frame's edges (a replay's variant, docs/shapes_benchmark.md)."""
     magnitude = gradient_magnitude(pixels)  # (N, S, S)
     centres = []
     for m in magnitude:
         m = m - m.min()
+        if margin > 0:
+            inner = torch.zeros_like(m)
+            inner[margin:-margin, margin:-margin] = m[margin:-margin, margin:-margin]
+            m = inner
         ys, xs = torch.nonzero(m >= EXTENT_FRACTION * m.max(), as_tuple=True)
         centres.append([(xs.min() + xs.max()).item() / 2, (ys.min() + ys.max()).item() / 2])
     return torch.tensor(centres) / magnitude.shape[-1]
@@ -190,9 +195,10 @@ def extent_shifts(candidates: list[Image.Image], reference: Image.Image) -> list
     return _extent_shifts(torch.cat([pil_to_tensor(c) for c in candidates]), pil_to_tensor(reference))
 
 
-def _extent_shifts(pixels: torch.Tensor, reference: torch.Tensor) -> list[float]:
-    """:func:`extent_shifts` of (N, 3, H, W) candidates from a (1, 3, H, W) reference, in the same range."""
-    centres = _extent_centres(torch.cat([pixels, reference]))
+def _extent_shifts(pixels: torch.Tensor, reference: torch.Tensor, margin: int = 0) -> list[float]:
+    """:func:`extent_shifts` of (N, 3, H, W) candidates from a (1, 3, H, W) reference, in the same range (``margin``:
+    as :func:`_extent_centres`)."""
+    centres = _extent_centres(torch.cat([pixels, reference]), margin)
     return (centres[:-1] - centres[-1]).norm(dim=1).tolist()
 
 

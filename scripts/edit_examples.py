@@ -25,8 +25,7 @@ from PIL import Image  # noqa: E402
 
 from imagic_lora import shapes  # noqa: E402
 from imagic_lora.config import DEFAULT_EXAMPLE  # noqa: E402
-
-PLACE_PX = 6.0
+from imagic_lora.shapes_benchmark import PLACE_TOLERANCE_PX  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             reading = shapes.judge(Image.open(run / "images" / "edit.png"), world=2)
             read = shapes.caption(reading.shape, reading.color, reading.size, reading.background, reading.direction)
             distance = shapes.centre_distance(reading, original.cx, original.cy)
-            ok = read == target and distance <= PLACE_PX
+            ok = read == target and distance <= PLACE_TOLERANCE_PX
             right, total = right + ok, total + 1
             print(f"{'right' if ok else 'MISS '}  {photo}: {target!r} -> {read!r}, {distance:.1f} px "
                   f"(eta {picked['eta']}, seed {picked['seed']}, strength {picked.get('strength', 1.0)})", flush=True)

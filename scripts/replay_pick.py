@@ -115,23 +115,6 @@ def consensus(case: dict, distance: list[list[float]], members: list[int], input
     return min(members, key=cost)
 
 
-def extent_shifts_inside(pixels: torch.Tensor, reference: torch.Tensor, margin: int) -> list[float]:
-    """pick.extent_shifts with the gradient ignored within ``margin`` px of the frame's edges: (N, 3, H, W)
-    candidates and a (1, 3, H, W) reference in the same range -> N shifts in shares of the frame. A band the model
-    draws along the border otherwise stretches the extent over the whole frame."""
-    magnitude = pick.gradient_magnitude(torch.cat([pixels, reference]))
-    centres = []
-    for m in magnitude:
-        m = m - m.min()
-        inner = torch.zeros_like(m)
-        inner[margin:m.shape[0] - margin, margin:m.shape[1] - margin] = m[margin:m.shape[0] - margin,
-                                                                          margin:m.shape[1] - margin]
-        ys, xs = torch.nonzero(inner >= pick.EXTENT_FRACTION * inner.max(), as_tuple=True)
-        centres.append([(xs.min() + xs.max()).item() / 2, (ys.min() + ys.max()).item() / 2])
-    centres = torch.tensor(centres) / magnitude.shape[-1]
-    return (centres[:-1] - centres[-1]).norm(dim=1).tolist()
-
-
 def rules(case: dict, blur_place: float) -> dict[str, int]:
     """Each rule's choice (a candidate index)."""
     pixels = torch.cat([pil_to_tensor(i) for i in case["images"]])
@@ -139,11 +122,11 @@ def rules(case: dict, blur_place: float) -> dict[str, int]:
     structure = pick.structure_distances(pixels, reference).tolist()
     layout = pick.structure_distances(pixels, reference, blur=blur_place).tolist()
     scores, ref = case["scores"], case["reference"]
-    shifts = pick.extent_shifts(case["images"], case["input"])
+    shifts = pick._extent_shifts(pixels, reference)
     out = {"current": pick.choose(scores, structure, reference=ref, shifts=shifts).index,
            "before, by structure": choose_by_structure(scores, structure, ref)}
-    for margin in (1, 2, 3):
-        inside = extent_shifts_inside(pixels, reference, margin)
+    for margin in (1, 2, 3):  # a band the model draws along the border stretches the extent over the frame
+        inside = pick._extent_shifts(pixels, reference, margin)
         out[f"current, extent {margin} px inside the border"] = pick.choose(scores, structure, reference=ref,
                                                                              shifts=inside).index
     n = len(scores)

@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+from PIL import Image
 
 from imagic_lora import shapes
 from imagic_lora.conditioning import encode_prompt, unconditional_embeds
@@ -17,8 +18,8 @@ from imagic_lora.diffusion import encode_image_latents
 from imagic_lora.images import pil_to_tensor
 from imagic_lora.lora import add_lora
 from imagic_lora.models import load_pipeline, training_noise_scheduler
-from imagic_lora.pick import (PLACE_SHIFT, choose, extent_centres, pick_edit, pick_record, score_timesteps,
-                               structure_distances, text_scores)
+from imagic_lora.pick import (PLACE_SHIFT, _extent_shifts, choose, extent_centres, extent_shifts, pick_edit,
+                               pick_record, score_timesteps, structure_distances, text_scores)
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -263,3 +264,31 @@ def test_pick_edit_scores_with_the_lora_off_and_turns_it_back_on(tiny):
         torch.testing.assert_close(after, adapted, rtol=0, atol=0)  # the LoRA is back on
     finally:
         pipe.unet.delete_adapters(list(pipe.unet.peft_config))
+
+
+def _square(x0: int, y0: int, side: int = 12, band: bool = False) -> torch.Tensor:
+    """(1, 3, 64, 64) in [-1, 1]: a white frame with a dark square at (x0, y0); ``band``: a dark line along the
+    frame's border too, as the model sometimes draws."""
+    image = torch.ones(1, 3, 64, 64)
+    image[..., y0:y0 + side, x0:x0 + side] = -1.0
+    if band:
+        image[..., 0, :] = image[..., -1, :] = image[..., :, 0] = image[..., :, -1] = -1.0
+    return image
+
+
+def test_the_extent_without_a_margin_is_the_pick_s_own_extent_shift():
+    candidates, reference = torch.cat([_square(30, 10), _square(10, 40)]), _square(10, 10)
+    as_pil = [Image.fromarray(((t.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
+              for t in torch.cat([candidates, reference])]
+    ours = _extent_shifts(candidates, reference, margin=0)
+    assert torch.allclose(torch.tensor(ours), torch.tensor(extent_shifts(as_pil[:-1], as_pil[-1])))
+    assert abs(ours[0] * 64 - 20) < 1 and abs(ours[1] * 64 - 30) < 1
+
+
+def test_an_extent_margin_finds_the_object_inside_a_band_along_the_border():
+    # The object moved 30 px right and 30 down (42 px); with a band along the border the extent spans the whole
+    # frame, whose centre lies 16 px right and 16 down of the input's object (23 px). (replay_pick's rules.)
+    moved, reference = _square(40, 40, band=True), _square(10, 10)
+    plain = _extent_shifts(moved, reference)[0] * 64
+    inside = _extent_shifts(moved, reference, margin=2)[0] * 64
+    assert abs(plain - 16 * 2 ** 0.5) < 1.5 and abs(inside - 30 * 2 ** 0.5) < 1.5, (plain, inside)
